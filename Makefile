@@ -1,0 +1,40 @@
+# The two commands: `make run` (the main job) and `make test` (the whole suite).
+# Both create .venv if needed and install everything the project needs first.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: run test lint format setup clean
+
+run: setup
+	$(BIN)/hetagent validate examples/agents/*.yaml examples/clusters/*.yaml
+	$(BIN)/hetagent describe examples/agents/*.yaml examples/clusters/*.yaml
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+setup: $(INSTALLED)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch==2.13.0 first: it is the CPU build on this machine's disk; letting pip resolve a plain
+# `torch` requirement would fetch a multi-GB CUDA build instead (see DEVELOPERS.md).
+$(INSTALLED): $(BIN)/python pyproject.toml setup.py
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

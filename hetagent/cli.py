@@ -1,0 +1,213 @@
+"""The `hetagent` command line.
+
+User errors (an invalid document, a missing file, an unknown kind) print one line each naming what
+to fix and exit 2, with no traceback; internal errors keep theirs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import networkx as nx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hetagent.documents import DocumentError, known_ids, load_file
+from hetagent.spec import (
+    KINDS,
+    AgentGraph,
+    AgentNode,
+    Cluster,
+    LlmNode,
+    RetrieveNode,
+    SubgraphNode,
+    ToolNode,
+    TransformNode,
+)
+
+app = typer.Typer(
+    help="Orchestrate agentic AI workloads on heterogeneous clusters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+USER_ERROR = 2
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(message, markup=False)
+    return typer.Exit(USER_ERROR)
+
+
+@app.command()
+def validate(
+    files: list[Path] = typer.Argument(..., help="AgentGraph or Cluster YAML files."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
+) -> None:
+    """Check documents; print one line per problem (file:line: path: message)."""
+    failed = False
+    for path in files:
+        try:
+            document = load_file(path)
+        except DocumentError as error:
+            failed = True
+            for issue in error.issues:
+                err.print(str(issue), markup=False, soft_wrap=True)
+            continue
+        if not quiet:
+            out.print(f"ok  {path}  {document.kind} {document.metadata.name}", markup=False)
+    if failed:
+        raise typer.Exit(USER_ERROR)
+
+
+@app.command()
+def schema(
+    kind: str = typer.Argument(..., help="AgentGraph or Cluster."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file."),
+) -> None:
+    """Print the JSON Schema of a document kind, for editors and other tools."""
+    by_name = {name.lower(): model for name, model in KINDS.items()}
+    model = by_name.get(kind.lower())
+    if model is None:
+        raise _fail(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+    document = model.model_json_schema(mode="validation")
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    text = json.dumps(document, indent=2) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+@app.command()
+def describe(
+    files: list[Path] = typer.Argument(..., help="AgentGraph or Cluster YAML files."),
+) -> None:
+    """Summarize documents: an agent's steps and stages, a cluster's pools and links."""
+    for path in files:
+        try:
+            document = load_file(path)
+        except DocumentError as error:
+            raise _fail(str(error)) from None
+        if isinstance(document, AgentGraph):
+            _describe_agent(document)
+        else:
+            assert isinstance(document, Cluster)
+            _describe_cluster(document)
+
+
+def _step_summary(graph: AgentGraph, node: object) -> tuple[str, str]:
+    """What a step runs, and the planner hints it carries."""
+    models = graph.spec.models
+    if isinstance(node, LlmNode):
+        output_tokens = node.expected_output_tokens or node.max_tokens
+        tokens = f"{node.expected_input_tokens or '?'} in / {output_tokens} out"
+        return models[node.model].id, tokens
+    if isinstance(node, AgentNode):
+        p95 = node.p95_turns or node.max_turns
+        turns = f"{node.expected_turns or '?'} turns (p95 {p95}, max {node.max_turns})"
+        return f"{models[node.model].id} + {', '.join(node.tools)}", turns
+    if isinstance(node, ToolNode):
+        hint = f"{node.expected_duration_seconds} s" if node.expected_duration_seconds else ""
+        return node.tool, hint
+    if isinstance(node, RetrieveNode):
+        return f"index {node.index} (k={node.k})", ""
+    if isinstance(node, TransformNode):
+        return ("template" if node.template is not None else f"parse {node.parse.format}"), ""
+    assert isinstance(node, SubgraphNode)
+    return node.ref, ""
+
+
+def _describe_agent(graph: AgentGraph) -> None:
+    spec = graph.spec
+    title = f"AgentGraph [bold]{graph.metadata.name}[/bold]"
+    out.print(title + (f" — {graph.metadata.description}" if graph.metadata.description else ""))
+    dag = graph.dag()
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("step", "type", "runs", "after", "hints"):
+        table.add_column(column)
+    for node in spec.nodes:
+        runs, hints = _step_summary(graph, node)
+        after = ", ".join(sorted(dag.predecessors(node.name)))
+        table.add_row(node.name, node.type, runs, after, hints)
+    out.print(table)
+    stages = [" + ".join(sorted(stage)) for stage in nx.topological_generations(dag)]
+    out.print("stages: " + " → ".join(stages), markup=False)
+    if spec.inputs:
+        out.print(
+            "inputs: "
+            + ", ".join(
+                name + ("" if declared.required else " (optional)")
+                for name, declared in spec.inputs.items()
+            ),
+            markup=False,
+        )
+    if spec.outputs:
+        out.print("outputs: " + ", ".join(spec.outputs), markup=False)
+    for label, section in (
+        ("slo", spec.slo),
+        ("traffic", spec.traffic),
+        ("policies", spec.policies),
+    ):
+        if section is not None:
+            values = section.model_dump(exclude_none=True)
+            out.print(f"{label}: " + ", ".join(f"{k}={v}" for k, v in values.items()), markup=False)
+    out.print()
+
+
+def _describe_cluster(cluster: Cluster) -> None:
+    devices = known_ids().devices
+    title = f"Cluster [bold]{cluster.metadata.name}[/bold]"
+    out.print(
+        title + (f" — {cluster.metadata.description}" if cluster.metadata.description else "")
+    )
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("pool", "device", "count", "memory GB", "bf16 TFLOP/s", "ownership", "price"):
+        table.add_column(column)
+    for pool in cluster.spec.pools:
+        device = devices[pool.device]
+        if pool.price_per_hour is not None:
+            price = f"${pool.price_per_hour:g}/h (set)"
+        elif pool.ownership == "rented":
+            price = f"${device.rent_usd_per_hour:g}/h"
+        else:
+            price = f"${pool.purchase_price or device.purchase_usd:,.0f} each"
+        table.add_row(
+            pool.name,
+            device.name,
+            str(pool.count),
+            _number(device.memory_gb),
+            _number(device.bf16_tflops),
+            pool.ownership,
+            price,
+        )
+    out.print(table)
+    for link in cluster.spec.links:
+        out.print(
+            f"link {' ↔ '.join(link.pools)}: {link.bandwidth_gb_per_second:g} GB/s, "
+            f"{link.latency_microseconds:g} µs",
+            markup=False,
+        )
+    energy, amortization = cluster.spec.energy, cluster.spec.amortization
+    out.print(
+        f"energy ${energy.price_per_kwh:g}/kWh, PUE {energy.pue:g}; "
+        f"amortized over {amortization.years:g} years at {amortization.rate:.0%}",
+        markup=False,
+    )
+    out.print()
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:g}"
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,889 @@
+"""The declarative documents hetagent reads: `AgentGraph` and `Cluster`.
+
+Kubernetes-style envelopes (`apiVersion`, `kind`, `metadata`, `spec`), camelCase keys, unknown keys
+rejected. Validation runs in two stages so that every problem is reported with its path:
+structure (pydantic) and then meaning (`check_agent_graph`, `check_cluster`: references resolve,
+names are unique, the graph is acyclic, models and devices exist in the catalog).
+`parse_document` runs both and raises `SpecError` listing every problem.
+
+This module is a leaf: the catalog is passed in (see `KnownIds`), never imported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Protocol
+
+import networkx as nx
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "hetagent.dev/v1alpha1"
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem in a document: where (`spec.nodes[2].maxTokens`) and what to fix."""
+
+    loc: Loc
+    message: str
+
+    @property
+    def path(self) -> str:
+        return format_path(self.loc)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(ValueError):
+    """A document is invalid; `issues` lists every problem found, each with its path."""
+
+    def __init__(self, issues: Iterable[Issue]):
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+def format_path(loc: Iterable[str | int]) -> str:
+    """`('spec', 'nodes', 2, 'maxTokens')` -> `spec.nodes[2].maxTokens`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+class SpecModel(BaseModel):
+    """Base of every document model: camelCase keys, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+Name = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"),
+    Field(description="Identifier: a letter, then letters, digits, '_' or '-' (at most 63)."),
+]
+KebabName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"),
+    Field(description="Lowercase name: letters, digits, '-' and '.' (at most 63)."),
+]
+PositiveFloat = Annotated[float, Field(gt=0)]
+ToolName = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^([a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
+    ),
+    Field(
+        description="A built-in tool (shell, python, files.read) or a Python tool module:function."
+    ),
+]
+
+_MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T|k)?$")
+_MEMORY_UNITS = {
+    None: 1,
+    "k": 10**3,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def memory_bytes(quantity: str | int) -> int:
+    """A Kubernetes memory quantity (`512Mi`, `2G`, `1048576`) in bytes."""
+    if isinstance(quantity, int):
+        return quantity
+    match = _MEMORY_RE.match(quantity.strip())
+    if not match:
+        raise ValueError(f"memory {quantity!r} is not a quantity such as 512Mi, 2Gi or 1G")
+    return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
+
+
+def cpu_cores(quantity: str | float) -> float:
+    """A Kubernetes CPU quantity (`2`, `0.5`, `500m`) in cores."""
+    if isinstance(quantity, int | float):
+        return float(quantity)
+    text = quantity.strip()
+    try:
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        raise ValueError(f"cpu {quantity!r} is not a quantity such as 2, 0.5 or 500m") from None
+
+
+class ResourceHints(SpecModel):
+    """What one tool call is expected to need; the grant broker sizes its limits from these."""
+
+    memory: str | Annotated[int, Field(gt=0)] | None = Field(
+        None, description="Memory quantity (512Mi, 2Gi, or bytes)."
+    )
+    cpu: str | PositiveFloat | None = Field(None, description="CPU cores (2, 0.5 or 500m).")
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory_is_quantity(cls, value: Any) -> Any:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, str | int) or memory_bytes(value) <= 0
+        ):
+            raise ValueError(f"memory {value!r} is not a positive quantity such as 512Mi or 2Gi")
+        return value
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu_is_quantity(cls, value: Any) -> Any:
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, str | int | float)
+            or cpu_cores(value) <= 0
+        ):
+            raise ValueError(f"cpu {value!r} is not a positive quantity such as 2, 0.5 or 500m")
+        return value
+
+
+class Retry(SpecModel):
+    """Retry a failed step with exponential backoff."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    backoff_seconds: Annotated[float, Field(ge=0)] = 1.0
+    backoff_multiplier: Annotated[float, Field(ge=1)] = 2.0
+
+
+class Metadata(SpecModel):
+    name: KebabName
+    description: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# References: ${inputs.x} and ${nodes.a.outputs.text}; `$${` is a literal `${`.
+
+_PLACEHOLDER_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+_INPUT_REF_RE = re.compile(r"^\s*inputs\.([A-Za-z][A-Za-z0-9_-]*)\s*$")
+_NODE_REF_RE = re.compile(
+    r"^\s*nodes\.([A-Za-z][A-Za-z0-9_-]*)\.outputs\.([A-Za-z][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_-]+)*)\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed `${...}` placeholder: `scope` is "inputs" or "nodes"."""
+
+    scope: Literal["inputs", "nodes"]
+    name: str
+    output: str | None = None
+    field_path: tuple[str, ...] = ()
+
+
+def parse_references(text: str) -> Iterator[Reference | str]:
+    """Yield each reference in `text`; a malformed `${...}` is yielded as its raw text."""
+    for match in _PLACEHOLDER_RE.finditer(text):
+        if match.group(0) == "$${":
+            continue
+        body = match.group(1)
+        if m := _INPUT_REF_RE.match(body):
+            yield Reference("inputs", m.group(1))
+        elif m := _NODE_REF_RE.match(body):
+            fields = tuple(p for p in m.group(3).split(".") if p)
+            yield Reference("nodes", m.group(1), m.group(2), fields)
+        else:
+            yield match.group(0)
+
+
+def _strings(value: Any, path: Loc) -> Iterator[tuple[Loc, str]]:
+    """Every string inside a value (nested lists and dicts), with its location."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(item, (*path, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _strings(item, (*path, index))
+
+
+# --------------------------------------------------------------------------------------------
+# AgentGraph nodes
+
+
+class BaseNode(SpecModel):
+    """Fields every node has."""
+
+    # The outputs a node exposes to `${nodes.<name>.outputs.<output>}`.
+    outputs: ClassVar[frozenset[str]] = frozenset({"text"})
+    # Outputs whose value is structured, so a reference may continue into it (`.value.tables`).
+    structured_outputs: ClassVar[frozenset[str]] = frozenset()
+
+    name: Name
+    description: str | None = None
+    depends_on: list[Name] = Field(
+        default_factory=list, description="Nodes that must finish first (besides referenced ones)."
+    )
+    retry: Retry | None = None
+    timeout_seconds: PositiveFloat | None = None
+
+    def templated_fields(self) -> Iterator[tuple[Loc, str]]:
+        """Every string field that may hold references, with its location (aliases)."""
+        data = self.model_dump(by_alias=True, exclude={"name", "description", "depends_on"})
+        yield from _strings(data, ())
+
+
+class Message(SpecModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class LlmNode(BaseNode):
+    """One LLM call: lowered to tokenize -> prefill -> decode -> detokenize."""
+
+    type: Literal["llm"]
+    model: Name = Field(description="A key of spec.models.")
+    prompt: str | None = Field(None, description="The user message (or use messages).")
+    messages: list[Message] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
+    expected_input_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Planner hint; estimated from the prompt when absent."
+    )
+    expected_output_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Planner hint; defaults to maxTokens."
+    )
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> LlmNode:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages must not be empty")
+        if self.expected_output_tokens and self.expected_output_tokens > self.max_tokens:
+            raise ValueError("expectedOutputTokens cannot exceed maxTokens")
+        return self
+
+
+class ToolNode(BaseNode):
+    """One tool call (a built-in such as `shell`, or a Python tool `module:function`)."""
+
+    outputs: ClassVar[frozenset[str]] = frozenset({"text", "stdout", "stderr", "exitCode", "value"})
+    structured_outputs: ClassVar[frozenset[str]] = frozenset({"value"})
+
+    type: Literal["tool"]
+    tool: ToolName
+    args: dict[str, Any] = Field(default_factory=dict)
+    resources: ResourceHints | None = None
+    expected_duration_seconds: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="Planner hint; learned from the tool's history when absent."
+    )
+
+
+class RetrieveNode(BaseNode):
+    """Vector search over an index: lowered to embed -> search."""
+
+    outputs: ClassVar[frozenset[str]] = frozenset({"text", "documents"})
+    structured_outputs: ClassVar[frozenset[str]] = frozenset({"documents"})
+
+    type: Literal["retrieve"]
+    index: Name = Field(description="A key of spec.indexes.")
+    query: str
+    k: Annotated[int, Field(ge=1, le=1000)] = 4
+
+
+class Parse(SpecModel):
+    """Parse a text into structured data."""
+
+    input: str = Field(description="The text to parse, usually a reference.")
+    format: Literal["json", "regex", "lines"]
+    pattern: str | None = Field(None, description="For format regex: named groups become fields.")
+
+    @model_validator(mode="after")
+    def _pattern_matches_format(self) -> Parse:
+        if self.format == "regex":
+            if not self.pattern:
+                raise ValueError("format regex needs a pattern")
+            try:
+                re.compile(self.pattern)
+            except re.error as err:
+                raise ValueError(f"pattern is not a valid regular expression: {err}") from None
+        elif self.pattern is not None:
+            raise ValueError(f"pattern applies only to format regex, not {self.format}")
+        return self
+
+
+class TransformNode(BaseNode):
+    """A data step: render a template, or parse text into structured data."""
+
+    outputs: ClassVar[frozenset[str]] = frozenset({"text", "value"})
+    structured_outputs: ClassVar[frozenset[str]] = frozenset({"value"})
+
+    type: Literal["transform"]
+    template: str | None = None
+    parse: Parse | None = None
+
+    @model_validator(mode="after")
+    def _template_or_parse(self) -> TransformNode:
+        if (self.template is None) == (self.parse is None):
+            raise ValueError("give exactly one of template or parse")
+        return self
+
+
+class AgentNode(BaseNode):
+    """A ReAct loop: the model picks a tool or answers, until it answers or maxTurns is reached."""
+
+    outputs: ClassVar[frozenset[str]] = frozenset({"text", "turns"})
+
+    type: Literal["agent"]
+    model: Name = Field(description="A key of spec.models.")
+    instructions: str = Field(description="The system prompt of the loop.")
+    prompt: str = Field(description="The task the loop starts from.")
+    tools: list[ToolName] = Field(min_length=1)
+    max_turns: Annotated[int, Field(ge=1, le=1000)] = 10
+    expected_turns: Annotated[float, Field(ge=1)] | None = Field(
+        None, description="Planner hint: mean number of turns."
+    )
+    p95_turns: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Planner hint: loops are unrolled to this many turns for the SLA."
+    )
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
+    expected_input_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Planner hint: prompt tokens of one turn."
+    )
+    expected_output_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Planner hint: generated tokens of one turn."
+    )
+    expected_tool_seconds: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="Planner hint: expected duration of each tool's call."
+    )
+    resources: ResourceHints | None = Field(None, description="Hints for each tool call.")
+
+    @model_validator(mode="after")
+    def _turns_consistent(self) -> AgentNode:
+        if self.p95_turns is not None and self.p95_turns > self.max_turns:
+            raise ValueError("p95Turns cannot exceed maxTurns")
+        if self.expected_turns is not None and self.expected_turns > (
+            self.p95_turns or self.max_turns
+        ):
+            raise ValueError("expectedTurns cannot exceed p95Turns (or maxTurns)")
+        if len(set(self.tools)) != len(self.tools):
+            raise ValueError("tools lists a tool twice")
+        unknown = sorted(set(self.expected_tool_seconds) - set(self.tools))
+        if unknown:
+            raise ValueError(f"expectedToolSeconds names tools not in tools: {', '.join(unknown)}")
+        return self
+
+
+class SubgraphNode(BaseNode):
+    """Another AgentGraph file run as one step; its declared outputs are this node's outputs."""
+
+    outputs: ClassVar[frozenset[str]] = frozenset()  # those of the referenced graph
+
+    type: Literal["subgraph"]
+    ref: str = Field(description="Path of the AgentGraph YAML, relative to this file.")
+    inputs: dict[Name, Any] = Field(default_factory=dict)
+
+
+Node = Annotated[
+    LlmNode | ToolNode | RetrieveNode | TransformNode | AgentNode | SubgraphNode,
+    Field(discriminator="type"),
+]
+NODE_TYPES = frozenset({"llm", "tool", "retrieve", "transform", "agent", "subgraph"})
+
+
+# --------------------------------------------------------------------------------------------
+# AgentGraph spec
+
+
+class Input(SpecModel):
+    type: Literal["string", "integer", "number", "boolean", "object", "array"] = "string"
+    description: str | None = None
+    default: Any = Field(None, description="Makes the input optional.")
+
+    @property
+    def required(self) -> bool:
+        return "default" not in self.model_fields_set
+
+
+class Weights(SpecModel):
+    """Where the engine finds a model's weights."""
+
+    format: Literal["gguf", "safetensors", "dummy"]
+    path: str | None = Field(
+        None, description="File or directory; when absent, the model cache (hetagent models pull)."
+    )
+
+    @model_validator(mode="after")
+    def _dummy_has_no_path(self) -> Weights:
+        if self.format == "dummy" and self.path is not None:
+            raise ValueError("dummy weights are random: remove path")
+        return self
+
+
+class ModelRef(SpecModel):
+    id: str = Field(description="A model id of the planner's catalog (e.g. llama-3.1-8b).")
+    weights: Weights | None = None
+
+
+class Index(SpecModel):
+    """A vector index built from documents."""
+
+    documents: str = Field(description="A file, directory or glob, relative to this file.")
+    embedding_model: Name = Field(description="A key of spec.models (an encoder).")
+    chunk_tokens: Annotated[int, Field(ge=16, le=8192)] = 256
+
+
+class Slo(SpecModel):
+    p95_latency_seconds: PositiveFloat | None = Field(None, description="End to end, per run.")
+    ttft_seconds: PositiveFloat | None = Field(None, description="Time to first token, per call.")
+    tpot_seconds: PositiveFloat | None = Field(None, description="Time per output token.")
+
+
+class Traffic(SpecModel):
+    arrival_rate_per_second: Annotated[float, Field(ge=0)] = 1.0
+    burstiness: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="Coefficient of variation of inter-arrival times (1 = Poisson)."
+    )
+
+
+class Policies(SpecModel):
+    """Names of the policies in hetagent.policies; the runtime resolves them."""
+
+    kv_retention: KebabName | None = None
+    scheduling: KebabName | None = None
+    placement: KebabName | None = None
+    resources: KebabName | None = None
+
+
+class AgentGraphSpec(SpecModel):
+    inputs: dict[Name, Input] = Field(default_factory=dict)
+    outputs: dict[Name, str] = Field(default_factory=dict)
+    models: dict[Name, ModelRef] = Field(default_factory=dict)
+    indexes: dict[Name, Index] = Field(default_factory=dict)
+    slo: Slo | None = None
+    traffic: Traffic | None = None
+    policies: Policies | None = None
+    nodes: list[Node] = Field(min_length=1)
+
+
+class Document(SpecModel):
+    """A Kubernetes-style envelope; subclasses fix `kind` and `spec`."""
+
+    api_version: Literal["hetagent.dev/v1alpha1"]
+    kind: str
+    metadata: Metadata
+
+    def to_dict(self) -> dict[str, Any]:
+        """The document as YAML/JSON data: only what differs from the defaults."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_dict())
+
+    @classmethod
+    def from_yaml(cls, text: str, *, known: KnownIds | None = None) -> Any:
+        document = parse_document(load_yaml(text), known=known)
+        if not isinstance(document, cls):
+            raise SpecError(
+                [Issue(("kind",), f"expected kind {cls.__name__}, got {document.kind}")]
+            )
+        return document
+
+
+class AgentGraph(Document):
+    kind: Literal["AgentGraph"]
+    spec: AgentGraphSpec
+
+    def node(self, name: str) -> Node:
+        for node in self.spec.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def dependencies(self, node: BaseNode) -> list[str]:
+        """Explicit `dependsOn` plus every node the node references, in first-seen order."""
+        deps = dict.fromkeys(node.depends_on)
+        for _, text in node.templated_fields():
+            for ref in parse_references(text):
+                if isinstance(ref, Reference) and ref.scope == "nodes":
+                    deps[ref.name] = None
+        return list(deps)
+
+    def templated_strings(self) -> Iterator[tuple[Loc, str, str | None]]:
+        """Every string that may hold references: (location, text, the node that owns it)."""
+        for i, node in enumerate(self.spec.nodes):
+            for loc, text in node.templated_fields():
+                yield ("spec", "nodes", i, *loc), text, node.name
+        for name, text in self.spec.outputs.items():
+            yield ("spec", "outputs", name), text, None
+
+    def dag(self) -> nx.DiGraph:
+        """The step graph: an edge a -> b when b depends on a (explicitly or by reference)."""
+        graph = nx.DiGraph()
+        for node in self.spec.nodes:
+            graph.add_node(node.name, node=node)
+        for node in self.spec.nodes:
+            for dep in self.dependencies(node):
+                if dep in graph:
+                    graph.add_edge(dep, node.name)
+        return graph
+
+
+# --------------------------------------------------------------------------------------------
+# Cluster
+
+
+class Pool(SpecModel):
+    """Identical devices of one type that operators can be placed on."""
+
+    name: Name
+    device: str = Field(description="A device id of the planner's catalog (e.g. h100).")
+    count: Annotated[int, Field(ge=1, le=1_000_000)]
+    ownership: Literal["rented", "owned"] = "rented"
+    price_per_hour: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="$ per device-hour; overrides the catalog's cost for this pool."
+    )
+    purchase_price: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="$ per device, for owned pools; overrides the catalog's price."
+    )
+
+
+class LinkSpeed(SpecModel):
+    bandwidth_gb_per_second: PositiveFloat = Field(alias="bandwidthGBps")
+    latency_microseconds: Annotated[float, Field(ge=0)] = 10.0
+
+
+class Link(LinkSpeed):
+    """The network between two pools (both directions)."""
+
+    pools: Annotated[list[Name], Field(min_length=2, max_length=2)]
+
+
+class Energy(SpecModel):
+    price_per_kwh: Annotated[float, Field(ge=0)] = 0.08
+    pue: Annotated[float, Field(ge=1, le=5)] = 1.3
+    utilization: Annotated[float, Field(ge=0, le=1)] = Field(
+        1.0, description="Fraction of TDP drawn on average."
+    )
+
+
+class Amortization(SpecModel):
+    years: Annotated[float, Field(gt=0, le=30)] = 4.0
+    rate: Annotated[float, Field(ge=0, le=1)] = Field(0.08, description="Yearly interest rate.")
+
+
+class ClusterSpec(SpecModel):
+    pools: list[Pool] = Field(min_length=1)
+    links: list[Link] = Field(default_factory=list)
+    default_link: LinkSpeed | None = Field(None, description="For pairs of pools without a link.")
+    energy: Energy = Field(default_factory=Energy)
+    amortization: Amortization = Field(default_factory=Amortization)
+
+
+class Cluster(Document):
+    kind: Literal["Cluster"]
+    spec: ClusterSpec
+
+    def pool(self, name: str) -> Pool:
+        for pool in self.spec.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+
+KINDS: dict[str, type[Document]] = {"AgentGraph": AgentGraph, "Cluster": Cluster}
+
+
+# --------------------------------------------------------------------------------------------
+# Meaning: what structure alone cannot check
+
+
+class DeviceFacts(Protocol):
+    rent_usd_per_hour: float | None
+    purchase_usd: float | None
+
+
+@dataclass(frozen=True)
+class KnownIds:
+    """What exists outside the document: the catalog's models and devices."""
+
+    models: Mapping[str, Any]
+    devices: Mapping[str, DeviceFacts]
+
+
+def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
+    names = sorted(known)
+    listed = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    return f"unknown {kind} {name!r}; known: {listed or '(none)'}"
+
+
+def check_agent_graph(graph: AgentGraph, known: KnownIds | None = None) -> list[Issue]:
+    """Every semantic problem of an AgentGraph, each with its path."""
+    spec = graph.spec
+    issues: list[Issue] = []
+
+    def issue(loc: Loc, message: str) -> None:
+        issues.append(Issue(loc if loc[:1] == ("spec",) else ("spec", *loc), message))
+
+    if known is not None:
+        for key, model in spec.models.items():
+            if model.id not in known.models:
+                issue(("models", key, "id"), _unknown("model", model.id, known.models))
+    for key, index in spec.indexes.items():
+        if index.embedding_model not in spec.models:
+            issue(
+                ("indexes", key, "embeddingModel"),
+                _unknown("model", index.embedding_model, spec.models),
+            )
+
+    nodes_by_name: dict[str, BaseNode] = {}
+    for i, node in enumerate(spec.nodes):
+        if node.name in nodes_by_name:
+            issue(("nodes", i, "name"), f"duplicate node name {node.name!r}")
+        nodes_by_name.setdefault(node.name, node)
+
+    def check_text(loc: Loc, text: str, owner: str | None) -> None:
+        for ref in parse_references(text):
+            if isinstance(ref, str):
+                issue(
+                    loc,
+                    f"malformed reference {ref}; use ${{inputs.NAME}} or "
+                    "${nodes.NAME.outputs.OUTPUT} (write $${ for a literal ${)",
+                )
+            elif ref.scope == "inputs":
+                if ref.name not in spec.inputs:
+                    issue(loc, _unknown("input", ref.name, spec.inputs))
+            elif ref.name not in nodes_by_name:
+                issue(loc, _unknown("node", ref.name, nodes_by_name))
+            elif ref.name == owner:
+                issue(loc, f"node {owner!r} references its own output")
+            else:
+                target = nodes_by_name[ref.name]
+                if isinstance(target, SubgraphNode):
+                    continue  # outputs of the referenced file, checked when it is loaded
+                if ref.output not in target.outputs:
+                    issue(
+                        loc,
+                        f"node {ref.name!r} ({target.type}) has no output {ref.output!r}; "
+                        f"it has: {', '.join(sorted(target.outputs))}",
+                    )
+                elif ref.field_path and ref.output not in target.structured_outputs:
+                    issue(
+                        loc,
+                        f"output {ref.output!r} of {ref.name!r} is text; "
+                        "only structured outputs take a field path",
+                    )
+
+    for i, node in enumerate(spec.nodes):
+        for j, dep in enumerate(node.depends_on):
+            if dep not in nodes_by_name:
+                issue(("nodes", i, "dependsOn", j), _unknown("node", dep, nodes_by_name))
+            elif dep == node.name:
+                issue(("nodes", i, "dependsOn", j), "a node cannot depend on itself")
+        if isinstance(node, LlmNode | AgentNode) and node.model not in spec.models:
+            issue(("nodes", i, "model"), _unknown("model", node.model, spec.models))
+        if isinstance(node, RetrieveNode) and node.index not in spec.indexes:
+            issue(("nodes", i, "index"), _unknown("index", node.index, spec.indexes))
+    for loc, text, owner in graph.templated_strings():
+        check_text(loc, text, owner)
+
+    dag = graph.dag()
+    dag.remove_edges_from([(n, n) for n in list(dag.nodes) if dag.has_edge(n, n)])
+    try:
+        cycle = nx.find_cycle(dag)
+    except nx.NetworkXNoCycle:
+        pass
+    else:
+        names = [edge[0] for edge in cycle] + [cycle[0][0]]
+        first = next(i for i, n in enumerate(spec.nodes) if n.name == cycle[0][1])
+        issue(
+            ("nodes", first),
+            "the graph has a cycle: " + " -> ".join(names) + " (loops belong inside an agent node)",
+        )
+    return issues
+
+
+def check_cluster(cluster: Cluster, known: KnownIds | None = None) -> list[Issue]:
+    """Every semantic problem of a Cluster, each with its path."""
+    spec = cluster.spec
+    issues: list[Issue] = []
+
+    def issue(loc: Loc, message: str) -> None:
+        issues.append(Issue(("spec", *loc), message))
+
+    names: set[str] = set()
+    for i, pool in enumerate(spec.pools):
+        if pool.name in names:
+            issue(("pools", i, "name"), f"duplicate pool name {pool.name!r}")
+        names.add(pool.name)
+        if known is None:
+            continue
+        device = known.devices.get(pool.device)
+        if device is None:
+            issue(("pools", i, "device"), _unknown("device", pool.device, known.devices))
+        elif pool.price_per_hour is None:
+            if pool.ownership == "rented" and device.rent_usd_per_hour is None:
+                issue(
+                    ("pools", i, "pricePerHour"),
+                    f"the catalog has no rental price for {pool.device}; set pricePerHour",
+                )
+            if (
+                pool.ownership == "owned"
+                and pool.purchase_price is None
+                and device.purchase_usd is None
+            ):
+                issue(
+                    ("pools", i, "purchasePrice"),
+                    f"the catalog has no purchase price for {pool.device}; set purchasePrice",
+                )
+    pairs: set[frozenset[str]] = set()
+    for i, link in enumerate(spec.links):
+        for j, name in enumerate(link.pools):
+            if name not in names:
+                issue(("links", i, "pools", j), _unknown("pool", name, names))
+        pair = frozenset(link.pools)
+        if len(pair) == 1:
+            issue(("links", i, "pools"), "a link joins two different pools")
+        elif pair in pairs:
+            issue(("links", i, "pools"), f"pools {' and '.join(sorted(pair))} are linked twice")
+        pairs.add(pair)
+    return issues
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _drop_union_tags(loc: Loc) -> Loc:
+    """Drop the union tag pydantic adds to a location (nodes.2.llm.x): users never wrote it."""
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        if i > 0 and isinstance(loc[i - 1], int) and part in NODE_TYPES and i + 1 < len(loc):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _pydantic_issues(error: ValidationError) -> list[Issue]:
+    issues = []
+    for err in error.errors(include_url=False):
+        loc = _drop_union_tags(tuple(err["loc"]))
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = f"unknown field {loc[-1]!r}; remove it or check its spelling"
+        elif err["type"] == "union_tag_invalid":
+            message = f"unknown node type; use one of {', '.join(sorted(NODE_TYPES))}"
+        elif err["type"] == "union_tag_not_found":
+            message = f"missing type; use one of {', '.join(sorted(NODE_TYPES))}"
+        elif err["type"] == "literal_error" and loc == ("apiVersion",):
+            message = f"apiVersion must be {API_VERSION}"
+        issues.append(Issue(loc, message))
+    return issues
+
+
+def parse_document(data: Any, *, known: KnownIds | None = None) -> AgentGraph | Cluster:
+    """Validate decoded YAML/JSON data as an AgentGraph or Cluster; raise SpecError otherwise."""
+    if not isinstance(data, Mapping):
+        raise SpecError(
+            [Issue((), "a document must be a mapping with apiVersion, kind, metadata, spec")]
+        )
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise SpecError([Issue(("kind",), f"kind must be one of {', '.join(KINDS)}, not {kind!r}")])
+    try:
+        document = KINDS[kind].model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_pydantic_issues(err)) from None
+    if isinstance(document, AgentGraph):
+        issues = check_agent_graph(document, known)
+    else:
+        assert isinstance(document, Cluster)
+        issues = check_cluster(document, known)
+    if issues:
+        raise SpecError(issues)
+    return document
+
+
+# --------------------------------------------------------------------------------------------
+# YAML
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse one YAML document strictly; a syntax error becomes a SpecError with its line."""
+    try:
+        documents = list(yaml.load_all(text, Loader=_StrictLoader))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError([Issue((), f"invalid YAML: {where}{problem}")]) from None
+    if len(documents) != 1:
+        raise SpecError([Issue((), f"expected one YAML document, found {len(documents)}")])
+    return documents[0]
+
+
+class _BlockStringDumper(yaml.SafeDumper):
+    """Writes multi-line strings as `|` blocks, so prompts stay readable."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value and not value.endswith((" ", "\t")) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockStringDumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(
+        data, Dumper=_BlockStringDumper, sort_keys=False, allow_unicode=True, width=100
+    )

@@ -1,0 +1,1 @@
+"""hetagent.policies"""
