@@ -7,6 +7,7 @@ to fix and exit 2, with no traceback; internal errors keep theirs.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import networkx as nx
@@ -33,8 +34,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Rich assumes 80 columns when output is piped (make, CI logs); tables read better wider.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 USER_ERROR = 2
 
 
@@ -56,7 +58,7 @@ def validate(
         except DocumentError as error:
             failed = True
             for issue in error.issues:
-                err.print(str(issue), markup=False, soft_wrap=True)
+                err.print(str(issue), markup=False)
             continue
         if not quiet:
             out.print(f"ok  {path}  {document.kind} {document.metadata.name}", markup=False)
@@ -178,7 +180,7 @@ def _describe_cluster(cluster: Cluster) -> None:
             price = f"${pool.purchase_price or device.purchase_usd:,.0f} each"
         table.add_row(
             pool.name,
-            device.name,
+            pool.device,
             str(pool.count),
             _number(device.memory_gb),
             _number(device.bf16_tflops),
@@ -190,6 +192,13 @@ def _describe_cluster(cluster: Cluster) -> None:
         out.print(
             f"link {' ↔ '.join(link.pools)}: {link.bandwidth_gb_per_second:g} GB/s, "
             f"{link.latency_microseconds:g} µs",
+            markup=False,
+        )
+    if cluster.spec.default_link is not None:
+        default = cluster.spec.default_link
+        out.print(
+            f"other pairs: {default.bandwidth_gb_per_second:g} GB/s, "
+            f"{default.latency_microseconds:g} µs",
             markup=False,
         )
     energy, amortization = cluster.spec.energy, cluster.spec.amortization

@@ -88,26 +88,28 @@ class SpecModel(BaseModel):
     )
 
 
-Name = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"),
-    Field(description="Identifier: a letter, then letters, digits, '_' or '-' (at most 63)."),
-]
-KebabName = Annotated[
-    str,
-    StringConstraints(pattern=r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"),
-    Field(description="Lowercase name: letters, digits, '-' and '.' (at most 63)."),
-]
+# A name's pattern -> what a user is told when a name does not match it.
+PATTERN_HINTS: dict[str, str] = {}
+
+
+def _named_string(pattern: str, hint: str) -> Any:
+    PATTERN_HINTS[pattern] = hint
+    return Annotated[str, StringConstraints(pattern=pattern), Field(description=hint)]
+
+
+Name = _named_string(
+    r"^[A-Za-z][A-Za-z0-9_-]{0,62}$",
+    "a name starts with a letter, then letters, digits, '_' or '-' (at most 63)",
+)
+KebabName = _named_string(
+    r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$",
+    "a name is lowercase letters, digits, '-' and '.' (at most 63), like program-fcfs",
+)
+ToolName = _named_string(
+    r"^([a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+    "a tool is a built-in (shell, python, files.read) or a Python function as module:function",
+)
 PositiveFloat = Annotated[float, Field(gt=0)]
-ToolName = Annotated[
-    str,
-    StringConstraints(
-        pattern=r"^([a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
-    ),
-    Field(
-        description="A built-in tool (shell, python, files.read) or a Python tool module:function."
-    ),
-]
 
 _MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T|k)?$")
 _MEMORY_UNITS = {
@@ -248,6 +250,7 @@ class BaseNode(SpecModel):
     structured_outputs: ClassVar[frozenset[str]] = frozenset()
 
     name: Name
+    type: str  # each node kind narrows it to its literal; declared here to come second in YAML
     description: str | None = None
     depends_on: list[Name] = Field(
         default_factory=list, description="Nodes that must finish first (besides referenced ones)."
@@ -257,7 +260,7 @@ class BaseNode(SpecModel):
 
     def templated_fields(self) -> Iterator[tuple[Loc, str]]:
         """Every string field that may hold references, with its location (aliases)."""
-        data = self.model_dump(by_alias=True, exclude={"name", "description", "depends_on"})
+        data = self.model_dump(by_alias=True, exclude={"name", "type", "description", "depends_on"})
         yield from _strings(data, ())
 
 
@@ -386,7 +389,10 @@ class AgentNode(BaseNode):
     expected_tool_seconds: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="Planner hint: expected duration of each tool's call."
     )
-    resources: ResourceHints | None = Field(None, description="Hints for each tool call.")
+    resources: ResourceHints | None = Field(None, description="Hints for every tool call.")
+    tool_resources: dict[ToolName, ResourceHints] = Field(
+        default_factory=dict, description="Hints for one tool's calls; override resources."
+    )
 
     @model_validator(mode="after")
     def _turns_consistent(self) -> AgentNode:
@@ -398,9 +404,15 @@ class AgentNode(BaseNode):
             raise ValueError("expectedTurns cannot exceed p95Turns (or maxTurns)")
         if len(set(self.tools)) != len(self.tools):
             raise ValueError("tools lists a tool twice")
-        unknown = sorted(set(self.expected_tool_seconds) - set(self.tools))
-        if unknown:
-            raise ValueError(f"expectedToolSeconds names tools not in tools: {', '.join(unknown)}")
+        for field, named in (
+            ("expectedToolSeconds", self.expected_tool_seconds),
+            ("toolResources", self.tool_resources),
+        ):
+            unknown = sorted(set(named) - set(self.tools))
+            if unknown:
+                raise ValueError(f"{field} names tools not in tools: {', '.join(unknown)}")
+        if self.expected_output_tokens and self.expected_output_tokens > self.max_tokens:
+            raise ValueError("expectedOutputTokens cannot exceed maxTokens")
         return self
 
 
@@ -433,6 +445,25 @@ class Input(SpecModel):
     @property
     def required(self) -> bool:
         return "default" not in self.model_fields_set
+
+    @model_validator(mode="after")
+    def _default_has_type(self) -> Input:
+        python_types = {
+            "string": str, "integer": int, "number": int | float, "boolean": bool,
+            "object": dict, "array": list,
+        }  # fmt: skip
+        value = self.default
+        is_bool = isinstance(value, bool)
+        if (
+            "default" in self.model_fields_set
+            and value is not None
+            and (
+                not isinstance(value, python_types[self.type])
+                or (is_bool != (self.type == "boolean"))
+            )
+        ):
+            raise ValueError(f"default {value!r} is not of type {self.type}")
+        return self
 
 
 class Weights(SpecModel):
@@ -590,7 +621,7 @@ class Link(LinkSpeed):
 
 
 class Energy(SpecModel):
-    price_per_kwh: Annotated[float, Field(ge=0)] = 0.08
+    price_per_kwh: Annotated[float, Field(ge=0)] = Field(0.08, alias="pricePerKWh")
     pue: Annotated[float, Field(ge=1, le=5)] = 1.3
     utilization: Annotated[float, Field(ge=0, le=1)] = Field(
         1.0, description="Fraction of TDP drawn on average."
@@ -659,11 +690,23 @@ def check_agent_graph(graph: AgentGraph, known: KnownIds | None = None) -> list[
         for key, model in spec.models.items():
             if model.id not in known.models:
                 issue(("models", key, "id"), _unknown("model", model.id, known.models))
+
+    def model_kind(key: str) -> str | None:
+        """The catalog's kind of a declared model (decoder, encoder, ...), when known."""
+        if known is None or key not in spec.models or spec.models[key].id not in known.models:
+            return None
+        return getattr(known.models[spec.models[key].id], "kind", None)
+
     for key, index in spec.indexes.items():
         if index.embedding_model not in spec.models:
             issue(
                 ("indexes", key, "embeddingModel"),
                 _unknown("model", index.embedding_model, spec.models),
+            )
+        elif model_kind(index.embedding_model) not in (None, "encoder"):
+            issue(
+                ("indexes", key, "embeddingModel"),
+                f"{index.embedding_model} is not an embedding (encoder) model",
             )
 
     nodes_by_name: dict[str, BaseNode] = {}
@@ -712,6 +755,10 @@ def check_agent_graph(graph: AgentGraph, known: KnownIds | None = None) -> list[
                 issue(("nodes", i, "dependsOn", j), "a node cannot depend on itself")
         if isinstance(node, LlmNode | AgentNode) and node.model not in spec.models:
             issue(("nodes", i, "model"), _unknown("model", node.model, spec.models))
+        elif isinstance(node, LlmNode | AgentNode) and model_kind(node.model) == "encoder":
+            issue(
+                ("nodes", i, "model"), f"{node.model} is an embedding model; use a generative one"
+            )
         if isinstance(node, RetrieveNode) and node.index not in spec.indexes:
             issue(("nodes", i, "index"), _unknown("index", node.index, spec.indexes))
     for loc, text, owner in graph.templated_strings():
@@ -746,6 +793,8 @@ def check_cluster(cluster: Cluster, known: KnownIds | None = None) -> list[Issue
         if pool.name in names:
             issue(("pools", i, "name"), f"duplicate pool name {pool.name!r}")
         names.add(pool.name)
+        if pool.ownership == "rented" and pool.purchase_price is not None:
+            issue(("pools", i, "purchasePrice"), "purchasePrice applies to owned pools only")
         if known is None:
             continue
         device = known.devices.get(pool.device)
@@ -788,7 +837,7 @@ def _drop_union_tags(loc: Loc) -> Loc:
     """Drop the union tag pydantic adds to a location (nodes.2.llm.x): users never wrote it."""
     out: list[str | int] = []
     for i, part in enumerate(loc):
-        if i > 0 and isinstance(loc[i - 1], int) and part in NODE_TYPES and i + 1 < len(loc):
+        if i > 1 and loc[i - 2] == "nodes" and isinstance(loc[i - 1], int) and part in NODE_TYPES:
             continue
         out.append(part)
     return tuple(out)
@@ -801,10 +850,12 @@ def _pydantic_issues(error: ValidationError) -> list[Issue]:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = f"unknown field {loc[-1]!r}; remove it or check its spelling"
-        elif err["type"] == "union_tag_invalid":
-            message = f"unknown node type; use one of {', '.join(sorted(NODE_TYPES))}"
-        elif err["type"] == "union_tag_not_found":
-            message = f"missing type; use one of {', '.join(sorted(NODE_TYPES))}"
+        elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc = (*loc, "type")
+            problem = "unknown" if err["type"] == "union_tag_invalid" else "missing"
+            message = f"{problem} node type; use one of {', '.join(sorted(NODE_TYPES))}"
+        elif err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] in PATTERN_HINTS:
+            message = f"{err['input']!r} is not valid: {PATTERN_HINTS[err['ctx']['pattern']]}"
         elif err["type"] == "literal_error" and loc == ("apiVersion",):
             message = f"apiVersion must be {API_VERSION}"
         issues.append(Issue(loc, message))
@@ -818,7 +869,7 @@ def parse_document(data: Any, *, known: KnownIds | None = None) -> AgentGraph | 
             [Issue((), "a document must be a mapping with apiVersion, kind, metadata, spec")]
         )
     kind = data.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise SpecError([Issue(("kind",), f"kind must be one of {', '.join(KINDS)}, not {kind!r}")])
     try:
         document = KINDS[kind].model_validate(data)

@@ -1,0 +1,106 @@
+"""The CLI as a user runs it: the installed `hetagent` script, in a subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*/*.yaml"))
+HETAGENT = str(Path(sys.executable).parent / "hetagent")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([HETAGENT, *args], capture_output=True, text=True, cwd=ROOT, check=False)
+
+
+def test_all_examples_are_valid():
+    result = run("validate", *map(str, EXAMPLES))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == len(EXAMPLES)
+
+
+def test_examples_include_the_named_reference_agents_and_clusters():
+    names = {path.relative_to(ROOT / "examples").as_posix() for path in EXAMPLES}
+    assert {
+        "agents/coding-agent.yaml",
+        "agents/rag-qa.yaml",
+        "agents/text2sql.yaml",
+        "agents/voice-agent.yaml",
+        "agents/deep-research.yaml",
+        "agents/quickstart.yaml",
+        "clusters/mixed-generations.yaml",
+        "clusters/h100-only.yaml",
+        "clusters/local.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_an_unknown_field_is_one_line_naming_its_path(path: Path, tmp_path: Path):
+    data = yaml.safe_load(path.read_text())
+    first = data["spec"]["nodes" if data["kind"] == "AgentGraph" else "pools"][0]
+    first["colour"] = "blue"
+    broken = tmp_path / path.name
+    broken.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = run("validate", str(broken))
+    assert result.returncode == 2
+    section = "nodes" if data["kind"] == "AgentGraph" else "pools"
+    assert result.stderr.splitlines() == [
+        f"{broken}:{_line_of_key(broken, 'colour')}: spec.{section}[0].colour: "
+        "unknown field 'colour'; remove it or check its spelling"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def _line_of_key(path: Path, key: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if f"{key}:" in line)
+
+
+def test_validate_reports_every_file_and_fails_if_any_is_invalid(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: Robot\n")
+    result = run("validate", str(EXAMPLES[0]), str(bad), str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2
+    assert result.stdout.startswith(f"ok  {EXAMPLES[0]}")
+    assert result.stderr.splitlines() == [
+        f"{bad}:1: kind: kind must be one of AgentGraph, Cluster, not 'Robot'",
+        f"{tmp_path / 'missing.yaml'}: cannot read: No such file or directory",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["AgentGraph", "Cluster"])
+def test_schema_is_a_json_schema_that_accepts_the_examples(kind: str):
+    result = run("schema", kind)
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    documents = [yaml.safe_load(path.read_text()) for path in EXAMPLES]
+    checked = [d for d in documents if d["kind"] == kind]
+    assert checked
+    for document in checked:
+        validator.validate(document)
+    wrong = dict(checked[0], spec={**checked[0]["spec"], "colour": "blue"})
+    assert not validator.is_valid(wrong)
+
+
+def test_schema_of_an_unknown_kind_is_a_user_error():
+    result = run("schema", "Robot")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "unknown kind 'Robot'; use one of AgentGraph, Cluster"
+
+
+def test_describe_summarizes_agents_and_clusters():
+    result = run(
+        "describe",
+        str(ROOT / "examples/agents/rag-qa.yaml"),
+        str(ROOT / "examples/clusters/mixed-generations.yaml"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "AgentGraph rag-qa" in result.stdout
+    assert "stages: " in result.stdout
+    assert "Cluster mixed-generations" in result.stdout
