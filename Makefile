@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint format setup clean
+.PHONY: run test lint format schemas setup clean
 
 run: setup
 	$(BIN)/hetagent validate examples/agents/*.yaml examples/clusters/*.yaml
@@ -22,6 +22,11 @@ lint: setup
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# JSON Schemas for editors (the examples point at them); a test keeps them current.
+schemas: setup
+	$(BIN)/hetagent schema AgentGraph -o schemas/agentgraph.schema.json
+	$(BIN)/hetagent schema Cluster -o schemas/cluster.schema.json
 
 setup: $(INSTALLED)
 

@@ -104,3 +104,9 @@ def test_describe_summarizes_agents_and_clusters():
     assert "AgentGraph rag-qa" in result.stdout
     assert "stages: " in result.stdout
     assert "Cluster mixed-generations" in result.stdout
+
+
+@pytest.mark.parametrize("kind", ["AgentGraph", "Cluster"])
+def test_committed_editor_schemas_are_current(kind: str):
+    committed = (ROOT / "schemas" / f"{kind.lower()}.schema.json").read_text()
+    assert run("schema", kind).stdout == committed, "run `make schemas` and commit the result"

@@ -313,3 +313,57 @@ def test_a_document_must_be_a_mapping():
     assert issues_of(["not", "a", "mapping"]) == [  # type: ignore[arg-type]
         "a document must be a mapping with apiVersion, kind, metadata, spec"
     ]
+
+
+def test_model_kinds_fit_their_use():
+    data = graph(models={"chat": {"id": "minilm-l6"}, "embed": {"id": "llama-3.1-8b"}})
+    assert issues_of(data, known=known_ids()) == [
+        "spec.indexes.docs.embeddingModel: embed is not an embedding (encoder) model",
+        "spec.nodes[1].model: chat is an embedding model; use a generative one",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("declared", "ok"),
+    [
+        ({"type": "integer", "default": 3}, True),
+        ({"type": "integer", "default": "3"}, False),
+        ({"type": "integer", "default": True}, False),
+        ({"type": "boolean", "default": False}, True),
+        ({"type": "number", "default": 2}, True),
+        ({"type": "array", "default": {}}, False),
+        ({"type": "string", "default": None}, True),
+    ],
+)
+def test_input_default_matches_its_type(declared, ok):
+    data = graph(inputs={"question": {}, "extra": declared})
+    if ok:
+        parse_document(data)
+    else:
+        (issue,) = issues_of(data)
+        assert issue.startswith("spec.inputs.extra: default ") and "is not of type" in issue
+
+
+def test_agent_tool_resources_name_its_tools():
+    fields = AGENT | {"toolResources": {"shell": {"memory": "4Gi"}}}
+    document = parse_document(graph(nodes=[node("x", **fields)], outputs={}))
+    assert document.node("x").tool_resources["shell"].memory == "4Gi"
+    fields = AGENT | {"toolResources": {"python": {"memory": "4Gi"}}}
+    (issue,) = issues_of(graph(nodes=[node("x", **fields)], outputs={}))
+    assert issue == "spec.nodes[0]: toolResources names tools not in tools: python"
+
+
+def test_policy_names_get_a_readable_hint():
+    (issue,) = issues_of(graph(policies={"scheduling": "Program FCFS"}))
+    assert issue == (
+        "spec.policies.scheduling: 'Program FCFS' is not valid: a name is lowercase letters, "
+        "digits, '-' and '.' (at most 63), like program-fcfs"
+    )
+
+
+def test_rented_pool_cannot_take_a_purchase_price():
+    data = copy.deepcopy(CLUSTER)
+    data["spec"]["pools"][0]["purchasePrice"] = 1000
+    assert issues_of(data) == [
+        "spec.pools[0].purchasePrice: purchasePrice applies to owned pools only"
+    ]
