@@ -140,6 +140,7 @@ def _check_subgraphs(
             issues.append(Issue((*loc, "ref"), f"{node.ref} is a {child.kind}, not an AgentGraph"))
             continue
         children[node.name] = child
+        graph.subgraphs[node.name] = child
         for key in node.inputs:
             if key not in child.spec.inputs:
                 issues.append(Issue((*loc, "inputs", key), f"{node.ref} has no input {key!r}"))

@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -554,6 +555,12 @@ class Document(SpecModel):
 class AgentGraph(Document):
     kind: Literal["AgentGraph"]
     spec: AgentGraphSpec
+    # The graphs of `subgraph` nodes by node name, filled when the graph is loaded from a file.
+    _subgraphs: dict[str, AgentGraph] = PrivateAttr(default_factory=dict)
+
+    @property
+    def subgraphs(self) -> dict[str, AgentGraph]:
+        return self._subgraphs
 
     def node(self, name: str) -> Node:
         for node in self.spec.nodes:

@@ -1,0 +1,171 @@
+"""`agent`: the graph level. One op per AgentGraph step, SSA edges for its dependencies.
+
+The graph itself is a `func.func` (inputs are its arguments, outputs what it returns) and a ReAct
+loop is an `scf.while` whose regions hold one turn: upstream MLIR cannot make an op defined in IRDL
+a terminator, so containers come from upstream `func`/`scf` and our dialects hold the domain ops.
+"""
+
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, Self
+
+from xdsl.dialects.builtin import ArrayAttr, FloatAttr, IntegerAttr, StringAttr, i1, i64
+from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, SSAValue, TypeAttribute
+from xdsl.irdl import (
+    AttrSizedOperandSegments,
+    attr_def,
+    irdl_attr_definition,
+    irdl_op_definition,
+    operand_def,
+    opt_attr_def,
+    result_def,
+    var_operand_def,
+)
+from xdsl.utils.exceptions import VerifyException
+
+from hetagent.compiler.dialects.base import HetOp
+
+
+@irdl_attr_definition
+class TextType(ParametrizedAttribute, TypeAttribute):
+    """Text: a prompt, a reply, a rendered template."""
+
+    name = "agent.text"
+
+
+@irdl_attr_definition
+class ValueType(ParametrizedAttribute, TypeAttribute):
+    """A structured (JSON) value: a tool result, retrieved documents, parsed data."""
+
+    name = "agent.value"
+
+
+class InputsOp(HetOp):
+    """An op that reads the values of the steps it depends on.
+
+    They arrive in three operand groups by type, because IRDL binds a variadic operand to a
+    single type: upstream MLIR could not otherwise verify steps that read text and values."""
+
+    texts = var_operand_def(TextType)
+    values = var_operand_def(ValueType)
+    numbers = var_operand_def(i64)
+    irdl_options = (AttrSizedOperandSegments(),)
+
+    @classmethod
+    def make(
+        cls,
+        operands: Sequence[SSAValue | Sequence[SSAValue] | None] = (),
+        result_types: Sequence[Attribute] = (),
+        *,
+        inputs: Iterable[SSAValue] = (),
+        **attributes: Any,
+    ) -> Self:
+        """Like `HetOp.make`, with `inputs` (any order) sorted into the groups."""
+        groups: tuple[list[SSAValue], ...] = ([], [], [])
+        for value in inputs:
+            for group, kind in zip(groups, (TextType, ValueType, type(i64)), strict=True):
+                if isinstance(value.type, kind):
+                    group.append(value)
+                    break
+            else:
+                raise TypeError(f"{cls.name}: cannot read a value of type {value.type}")
+        return super().make([*groups, *operands], result_types, **attributes)
+
+    @property
+    def inputs(self) -> tuple[SSAValue, ...]:
+        return (*self.texts, *self.values, *self.numbers)
+
+
+@irdl_op_definition
+class LlmOp(InputsOp):
+    """One LLM call; lowered to tokenize -> prefill -> decode -> detokenize."""
+
+    name = "agent.llm"
+    POSITIVE: ClassVar[tuple[str, ...]] = ("input_tokens", "output_tokens", "max_tokens")
+
+    model = attr_def(StringAttr)
+    input_tokens = attr_def(IntegerAttr)
+    output_tokens = attr_def(IntegerAttr)
+    max_tokens = attr_def(IntegerAttr)
+    text = result_def(TextType)
+
+    def check(self) -> None:
+        if self.attr("output_tokens") > self.attr("max_tokens"):
+            raise VerifyException(
+                f"agent.llm {self.attr('id')!r}: output_tokens exceeds max_tokens"
+            )
+
+
+@irdl_op_definition
+class ToolOp(InputsOp):
+    """A tool call; in a ReAct loop the model picks one of `tools` at run time."""
+
+    name = "agent.tool"
+
+    tools = attr_def(ArrayAttr[StringAttr])
+    expected_seconds = opt_attr_def(FloatAttr)
+    memory_bytes = opt_attr_def(IntegerAttr)
+    cpu = opt_attr_def(FloatAttr)
+    result = result_def(ValueType)
+
+    def check(self) -> None:
+        if not self.tools.data:
+            raise VerifyException(f"agent.tool {self.attr('id')!r}: tools is empty")
+
+
+@irdl_op_definition
+class RetrieveOp(InputsOp):
+    """Vector search: lowered to embed -> search."""
+
+    name = "agent.retrieve"
+    POSITIVE: ClassVar[tuple[str, ...]] = ("k", "query_tokens")
+
+    index = attr_def(StringAttr)
+    embedding_model = attr_def(StringAttr)
+    k = attr_def(IntegerAttr)
+    query_tokens = attr_def(IntegerAttr)
+    result = result_def(ValueType)
+
+
+@irdl_op_definition
+class TransformOp(InputsOp):
+    """A data step: `kind` template renders text; `kind` parse produces a value."""
+
+    name = "agent.transform"
+
+    kind = attr_def(StringAttr)
+    format = opt_attr_def(StringAttr)
+    result = result_def()
+
+    def check(self) -> None:
+        kind = self.attr("kind")
+        expected = {"template": TextType, "parse": ValueType}.get(kind)
+        if expected is None:
+            raise VerifyException(
+                f"agent.transform {self.attr('id')!r}: kind must be template or parse"
+            )
+        if not isinstance(self.result.type, expected):
+            raise VerifyException(
+                f"agent.transform {self.attr('id')!r}: a {kind} produces !{expected.name}"
+            )
+        if (kind == "parse") != (self.format is not None):
+            raise VerifyException(f"agent.transform {self.attr('id')!r}: format goes with parse")
+
+
+@irdl_op_definition
+class ContinueOp(HetOp):
+    """A ReAct loop's condition: the turn's reply calls a tool and turns remain."""
+
+    name = "agent.continue"
+    POSITIVE: ClassVar[tuple[str, ...]] = ("max_turns",)
+
+    max_turns = attr_def(IntegerAttr)
+    reply = operand_def(TextType)
+    turn = operand_def(i64)
+    more = result_def(i1)
+
+
+Agent = Dialect(
+    "agent",
+    [LlmOp, ToolOp, RetrieveOp, TransformOp, ContinueOp],
+    [TextType, ValueType],
+)

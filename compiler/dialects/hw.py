@@ -1,0 +1,42 @@
+"""`hw`: the device pools of a placement, and the affinity attribute that puts an op on one.
+
+As in IREE's device affinities, placement is data on the ops (`hw.affinity = #hw.affinity<"pool">`)
+and the pools are declared in the module (`hw.pool`), so later passes and the plan read both."""
+
+from xdsl.dialects.builtin import IntegerAttr, StringAttr
+from xdsl.ir import Dialect, ParametrizedAttribute
+from xdsl.irdl import IRDLOperation, attr_def, irdl_attr_definition, irdl_op_definition
+from xdsl.utils.exceptions import VerifyException
+
+AFFINITY = "hw.affinity"  # the attribute that places an op
+STAGE = "hw.stage"  # the attribute cluster-by-device sets
+
+
+@irdl_attr_definition
+class AffinityAttr(ParametrizedAttribute):
+    """Names the `hw.pool` an op runs on."""
+
+    name = "hw.affinity"
+    pool: StringAttr
+
+
+def affinity(pool: str) -> AffinityAttr:
+    return AffinityAttr(StringAttr(pool))
+
+
+@irdl_op_definition
+class PoolOp(IRDLOperation):
+    """A pool of identical devices that ops can be placed on."""
+
+    name = "hw.pool"
+
+    sym_name = attr_def(StringAttr)
+    device = attr_def(StringAttr)
+    count = attr_def(IntegerAttr)
+
+    def verify_(self) -> None:
+        if self.count.value.data < 1:
+            raise VerifyException(f"hw.pool {self.sym_name.data!r}: count must be >= 1")
+
+
+Hw = Dialect("hw", [PoolOp], [AffinityAttr])

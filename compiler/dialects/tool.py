@@ -1,0 +1,36 @@
+"""`tool`: one tool call, run in a sandbox under a resource controller."""
+
+from typing import ClassVar
+
+from xdsl.dialects.builtin import ArrayAttr, FloatAttr, IntegerAttr, StringAttr
+from xdsl.ir import Dialect
+from xdsl.irdl import attr_def, irdl_op_definition, opt_attr_def, result_def
+from xdsl.utils.exceptions import VerifyException
+
+from hetagent.compiler.dialects.agent import InputsOp, ValueType
+
+
+@irdl_op_definition
+class ExecOp(InputsOp):
+    """Run a tool (in a ReAct loop, the one of `tools` the model called)."""
+
+    name = "tool.exec"
+    POSITIVE: ClassVar[tuple[str, ...]] = ("memory_bytes",)
+
+    tools = attr_def(ArrayAttr[StringAttr])
+    expected_seconds = opt_attr_def(FloatAttr)
+    memory_bytes = opt_attr_def(IntegerAttr)
+    cpu = opt_attr_def(FloatAttr)
+    result = result_def(ValueType)
+
+    def check(self) -> None:
+        if not self.tools.data:
+            raise VerifyException(f"tool.exec {self.attr('id')!r}: tools is empty")
+        if (self.attr("expected_seconds") or 0) < 0:
+            raise VerifyException(f"tool.exec {self.attr('id')!r}: expected_seconds is negative")
+        cpu = self.attr("cpu")
+        if cpu is not None and cpu <= 0:
+            raise VerifyException(f"tool.exec {self.attr('id')!r}: cpu must be positive")
+
+
+Tool = Dialect("tool", [ExecOp], [])
