@@ -1,0 +1,59 @@
+"""Where a value comes from and where it goes, looking through ReAct loops (`scf.while`).
+
+A value carried by a loop passes through block arguments, `scf.condition` and `scf.yield`;
+the op that really produced it, and the ops that really use it, are on the other side.
+"""
+
+from __future__ import annotations
+
+from xdsl.dialects import scf
+from xdsl.ir import BlockArgument, Operation, OpResult, SSAValue
+
+
+def producer(value: SSAValue) -> Operation | None:
+    """The op whose result `value` is; for loop-carried values, the producer on the back edge."""
+    seen: set[int] = set()
+    while id(value) not in seen:
+        seen.add(id(value))
+        if isinstance(value, OpResult):
+            op = value.op
+            if isinstance(op, scf.WhileOp):  # loop result i <- condition operand i + 1
+                value = _condition(op).operands[value.index + 1]
+                continue
+            return op
+        assert isinstance(value, BlockArgument)
+        loop = value.block.parent_op()
+        if not isinstance(loop, scf.WhileOp):
+            return None  # a function argument: an input of the graph
+        if value.block is loop.after_region.block:
+            value = _condition(loop).operands[value.index + 1]
+        else:  # before region: the value of the previous iteration
+            value = loop.after_region.block.last_op.operands[value.index]
+    return None
+
+
+def consumers(value: SSAValue) -> list[Operation]:
+    """The ops that use `value`, following it into and out of loops."""
+    found: list[Operation] = []
+    pending, seen = [value], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for use in current.uses:
+            user, index = use.operation, use.index
+            if isinstance(user, scf.WhileOp):
+                pending.append(user.before_region.block.args[index])
+            elif isinstance(user, scf.ConditionOp) and index > 0:
+                loop = user.parent_op()
+                pending += [loop.after_region.block.args[index - 1], loop.results[index - 1]]
+            elif isinstance(user, scf.YieldOp) and isinstance(user.parent_op(), scf.WhileOp):
+                pending.append(user.parent_op().before_region.block.args[index])
+            else:
+                found.append(user)
+    return found
+
+
+def _condition(loop: scf.WhileOp) -> scf.ConditionOp:
+    return loop.before_region.block.last_op

@@ -1,0 +1,168 @@
+"""lower-agent-to-ops: each `agent` step becomes the granular operators that run it."""
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects import scf
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.pattern_rewriter import (
+    GreedyRewritePatternApplier,
+    PatternRewriter,
+    PatternRewriteWalker,
+    RewritePattern,
+    op_type_rewrite_pattern,
+)
+
+from hetagent.compiler.dialects import data, kv, llm, retr, tool
+from hetagent.compiler.dialects.agent import LlmOp, RetrieveOp, ToolOp, TransformOp
+from hetagent.compiler.dialects.base import HetOp
+from hetagent.compiler.frontend import is_react_loop
+
+
+def _carried(op: HetOp, suffix: str, *keys: str) -> dict[str, object]:
+    """The attributes a lowered op keeps from the step it lowers, with its own id."""
+    return {"id": f"{op.attr('id')}.{suffix}", "node": op.attr("node")} | {
+        key: op.attr(key) for key in keys
+    }
+
+
+def lower_llm_call(
+    op: LlmOp, prefix: SSAValue | None
+) -> tuple[list[Operation], SSAValue, SSAValue]:
+    """tokenize -> prefill (extending `prefix`) -> decode -> detokenize: (ops, text, kv)."""
+    model = op.attr("model")
+    tokenize = llm.TokenizeOp.make(
+        inputs=op.inputs,
+        result_types=[llm.tokens_of(model)],
+        tokens=op.attr("input_tokens"),
+        **_carried(op, "tokenize", "model"),
+    )
+    prefill = llm.PrefillOp.make(
+        [tokenize.results[0], prefix],
+        [llm.kv_of(model)],
+        tokens=op.attr("input_tokens"),
+        **_carried(op, "prefill", "model"),
+    )
+    decode = llm.DecodeOp.make(
+        [prefill.results[0]],
+        [llm.tokens_of(model), llm.kv_of(model)],
+        tokens=op.attr("output_tokens"),
+        **_carried(op, "decode", "model", "max_tokens"),
+    )
+    detokenize = llm.DetokenizeOp.make(
+        [decode.results[0]], [op.text.type], **_carried(op, "detokenize", "model")
+    )
+    ops = [tokenize, prefill, decode, detokenize]
+    return ops, detokenize.results[0], decode.results[1]
+
+
+class LowerLlm(RewritePattern):
+    """Lowers `agent.llm` to tokenize -> prefill -> decode -> detokenize, then frees its KV."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: LlmOp, rewriter: PatternRewriter) -> None:
+        if is_react_loop(op.parent_op()):
+            return  # a turn of a ReAct loop: LowerReactLoop lowers it with the loop's lease
+        ops, text, cache = lower_llm_call(op, prefix=None)
+        release = kv.ReleaseOp.make([cache], **_carried(op, "release", "model"))
+        rewriter.replace_op(op, [*ops, release], [text])
+
+
+class LowerReactLoop(RewritePattern):
+    """Lowers a ReAct loop's turns onto one KV lease, carried across its tool calls."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: scf.WhileOp, rewriter: PatternRewriter) -> None:
+        if not is_react_loop(op) or any(isinstance(t, llm.KVType) for t in op.result_types):
+            return
+        before, after = op.before_region.block, op.after_region.block
+        turn = next(o for o in before.ops if isinstance(o, LlmOp))
+        model, loop_id = turn.attr("model"), op.attributes["agent.id"].data
+        cache_type = llm.kv_of(model)
+        lease = kv.LeaseOp.make(
+            [], [cache_type], id=f"{loop_id}.lease", node=turn.attr("node"), model=model
+        )
+
+        prefix = before.insert_arg(cache_type, len(before.args))
+        ops, text, cache = lower_llm_call(turn, prefix)
+        rewriter.replace_op(turn, ops, [text])
+        condition = before.last_op
+        condition.operands = [*condition.operands, cache]
+        held = after.insert_arg(cache_type, len(after.args))
+        yield_op = after.last_op
+        yield_op.operands = [*yield_op.operands, held]
+
+        before_region, after_region = op.regions
+        loop = scf.WhileOp(
+            [*op.operands, lease.results[0]],
+            [*op.result_types, cache_type],
+            op.detach_region(before_region),
+            op.detach_region(after_region),
+        )
+        loop.attributes.update(op.attributes)
+        release = kv.ReleaseOp.make(
+            [loop.results[-1]], id=f"{loop_id}.release", node=turn.attr("node"), model=model
+        )
+        rewriter.replace_op(op, [lease, loop, release], loop.results[:-1])
+
+
+class LowerTool(RewritePattern):
+    """Lowers `agent.tool` to `tool.exec`."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: ToolOp, rewriter: PatternRewriter) -> None:
+        keys = ("tools", "expected_seconds", "memory_bytes", "cpu")
+        rewriter.replace_op(
+            op,
+            tool.ExecOp.make(
+                inputs=op.inputs, result_types=[op.result.type], **_carried(op, "exec", *keys)
+            ),
+        )
+
+
+class LowerRetrieve(RewritePattern):
+    """Lowers `agent.retrieve` to embed -> search."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: RetrieveOp, rewriter: PatternRewriter) -> None:
+        model = op.attr("embedding_model")
+        embed = retr.EmbedOp.make(
+            inputs=op.inputs,
+            result_types=[retr.embedding_of(model)],
+            model=model,
+            tokens=op.attr("query_tokens"),
+            **_carried(op, "embed"),
+        )
+        search = retr.SearchOp.make(
+            [embed.results[0]], [op.result.type], **_carried(op, "search", "index", "k")
+        )
+        rewriter.replace_op(op, [embed, search])
+
+
+class LowerTransform(RewritePattern):
+    """Lowers `agent.transform` to `data.template` or `data.parse`."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: TransformOp, rewriter: PatternRewriter) -> None:
+        if op.attr("kind") == "template":
+            new = data.TemplateOp.make(
+                inputs=op.inputs, result_types=[op.result.type], **_carried(op, "template")
+            )
+        else:
+            new = data.ParseOp.make(
+                inputs=op.inputs, result_types=[op.result.type], **_carried(op, "parse", "format")
+            )
+        rewriter.replace_op(op, new)
+
+
+@dataclass(frozen=True)
+class LowerAgentToOps(ModulePass):
+    """Lowers the `agent` dialect's steps to `llm`, `kv`, `retr`, `tool` and `data` operators."""
+
+    name = "lower-agent-to-ops"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        patterns = [LowerReactLoop(), LowerLlm(), LowerTool(), LowerRetrieve(), LowerTransform()]
+        PatternRewriteWalker(GreedyRewritePatternApplier(patterns)).rewrite_module(op)
