@@ -66,9 +66,7 @@ def build_module(graph: AgentGraph) -> ModuleOp:
     """The `agent`-level module of a graph (and of every subgraph it calls)."""
     functions: dict[str, func.FuncOp] = {}
     _FunctionBuilder(graph, "", functions).build()
-    module = ModuleOp(list(functions.values()))
-    module.verify()
-    return module
+    return ModuleOp(list(functions.values()))
 
 
 def is_react_loop(op: object) -> bool:
@@ -111,9 +109,11 @@ class _FunctionBuilder:
         return name
 
     def _topological_nodes(self):
-        order = {node.name: i for i, node in enumerate(self.graph.spec.nodes)}
+        """Steps in dependency order; among ready steps, in the order the document lists them."""
+        by_name = {node.name: node for node in self.graph.spec.nodes}
+        order = {name: i for i, name in enumerate(by_name)}
         names = nx.lexicographical_topological_sort(self.graph.dag(), key=order.__getitem__)
-        return [self.graph.node(name) for name in names]
+        return [by_name[name] for name in names]
 
     def _id(self, *parts: str) -> str:
         return self.prefix + ".".join(parts)

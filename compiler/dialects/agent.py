@@ -6,9 +6,19 @@ a terminator, so containers come from upstream `func`/`scf` and our dialects hol
 """
 
 from collections.abc import Iterable, Sequence
+from functools import cache
 from typing import Any, ClassVar, Self
 
-from xdsl.dialects.builtin import ArrayAttr, FloatAttr, IntegerAttr, StringAttr, i1, i64
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    DenseArrayBase,
+    FloatAttr,
+    IntegerAttr,
+    StringAttr,
+    i1,
+    i32,
+    i64,
+)
 from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, SSAValue, TypeAttribute
 from xdsl.irdl import (
     AttrSizedOperandSegments,
@@ -68,11 +78,19 @@ class InputsOp(HetOp):
                     break
             else:
                 raise TypeError(f"{cls.name}: cannot read a value of type {value.type}")
-        return super().make([*groups, *operands], result_types, **attributes)
+        sizes = _segment_sizes(tuple(len(group) for group in groups) + (0,) * len(operands))
+        return super().make(
+            [*groups, *operands], result_types, operandSegmentSizes=sizes, **attributes
+        )
 
     @property
     def inputs(self) -> tuple[SSAValue, ...]:
         return (*self.texts, *self.values, *self.numbers)
+
+
+@cache
+def _segment_sizes(sizes: tuple[int, ...]) -> DenseArrayBase:
+    return DenseArrayBase.from_list(i32, sizes)
 
 
 @irdl_op_definition

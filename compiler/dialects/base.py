@@ -8,6 +8,7 @@ upstream check) reject properties.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any, ClassVar, Self
 
 from xdsl.dialects.builtin import (
@@ -28,17 +29,23 @@ def to_attr(value: Any) -> Attribute:
     """A Python value as an MLIR attribute (str, int, float, bool, list of those)."""
     if isinstance(value, Attribute):
         return value
-    if isinstance(value, bool):
-        return IntegerAttr(int(value), i1)
-    if isinstance(value, int):
-        return IntegerAttr(value, i64)
-    if isinstance(value, float):
-        return FloatAttr(value, f64)
-    if isinstance(value, str):
-        return StringAttr(value)
     if isinstance(value, list | tuple):
         return ArrayAttr([to_attr(item) for item in value])
-    raise TypeError(f"no attribute for {type(value).__name__} {value!r}")
+    return _scalar_attr(type(value), value)
+
+
+@cache
+def _scalar_attr(kind: type, value: Any) -> Attribute:
+    """Attributes are immutable, so equal scalars share one (building them is not cheap)."""
+    if kind is bool:
+        return IntegerAttr(int(value), i1)
+    if kind is int:
+        return IntegerAttr(value, i64)
+    if kind is float:
+        return FloatAttr(value, f64)
+    if kind is str:
+        return StringAttr(value)
+    raise TypeError(f"no attribute for {kind.__name__} {value!r}")
 
 
 def from_attr(attr: Attribute) -> Any:
@@ -71,13 +78,19 @@ class HetOp(IRDLOperation):
         result_types: Sequence[Attribute] = (),
         **attributes: Any,
     ) -> Self:
-        """Build the op from Python values: `PrefillOp.make([tokens, None], [kv], id=..., ...)`."""
+        """Build the op from Python values: `PrefillOp.make([tokens, None], [kv], id=..., ...)`.
+
+        Operands follow the op's operand definitions (a list for a variadic one, None for an
+        absent optional one). Built without IRDL's argument checks, which dominate the cost
+        of lowering large graphs; `verify()` checks the result."""
+        flat: list[SSAValue] = []
+        for operand in operands:
+            if isinstance(operand, SSAValue):
+                flat.append(operand)
+            elif operand is not None:
+                flat.extend(operand)
         converted = {key: to_attr(value) for key, value in attributes.items() if value is not None}
-        return cls(
-            operands=[[] if o is None else o for o in operands],
-            result_types=list(result_types),
-            attributes=converted,
-        )
+        return cls.create(operands=flat, result_types=result_types, attributes=converted)
 
     def attr(self, key: str) -> Any:
         """An attribute as a Python value, or None when absent."""

@@ -14,14 +14,17 @@ PASSES: dict[str, type[ModulePass]] = {
 }
 
 
-def run_passes(module: ModuleOp, passes: list[ModulePass], ctx: Context | None = None) -> None:
-    """Apply passes in order, verifying the module after each."""
+def run_passes(
+    module: ModuleOp, passes: list[ModulePass], ctx: Context | None = None, *, verify: bool = True
+) -> None:
+    """Apply passes in order (verifying the module after each, unless told not to)."""
     from hetagent.compiler.dialects import make_context
 
     ctx = ctx or make_context()
     for module_pass in passes:
         module_pass.apply(ctx, module)
-        module.verify()
+        if verify:
+            module.verify()
 
 
 __all__ = [

@@ -67,7 +67,7 @@ class LowerLlm(RewritePattern):
             return  # a turn of a ReAct loop: LowerReactLoop lowers it with the loop's lease
         ops, text, cache = lower_llm_call(op, prefix=None)
         release = kv.ReleaseOp.make([cache], **_carried(op, "release", "model"))
-        rewriter.replace_op(op, [*ops, release], [text])
+        rewriter.replace(op, [*ops, release], [text])
 
 
 class LowerReactLoop(RewritePattern):
@@ -87,7 +87,7 @@ class LowerReactLoop(RewritePattern):
 
         prefix = before.insert_arg(cache_type, len(before.args))
         ops, text, cache = lower_llm_call(turn, prefix)
-        rewriter.replace_op(turn, ops, [text])
+        rewriter.replace(turn, ops, [text])
         condition = before.last_op
         condition.operands = [*condition.operands, cache]
         held = after.insert_arg(cache_type, len(after.args))
@@ -105,7 +105,7 @@ class LowerReactLoop(RewritePattern):
         release = kv.ReleaseOp.make(
             [loop.results[-1]], id=f"{loop_id}.release", node=turn.attr("node"), model=model
         )
-        rewriter.replace_op(op, [lease, loop, release], loop.results[:-1])
+        rewriter.replace(op, [lease, loop, release], loop.results[:-1])
 
 
 class LowerTool(RewritePattern):
@@ -114,7 +114,7 @@ class LowerTool(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: ToolOp, rewriter: PatternRewriter) -> None:
         keys = ("tools", "expected_seconds", "memory_bytes", "cpu")
-        rewriter.replace_op(
+        rewriter.replace(
             op,
             tool.ExecOp.make(
                 inputs=op.inputs, result_types=[op.result.type], **_carried(op, "exec", *keys)
@@ -138,7 +138,7 @@ class LowerRetrieve(RewritePattern):
         search = retr.SearchOp.make(
             [embed.results[0]], [op.result.type], **_carried(op, "search", "index", "k")
         )
-        rewriter.replace_op(op, [embed, search])
+        rewriter.replace(op, [embed, search])
 
 
 class LowerTransform(RewritePattern):
@@ -154,7 +154,7 @@ class LowerTransform(RewritePattern):
             new = data.ParseOp.make(
                 inputs=op.inputs, result_types=[op.result.type], **_carried(op, "parse", "format")
             )
-        rewriter.replace_op(op, new)
+        rewriter.replace(op, new)
 
 
 @dataclass(frozen=True)
@@ -165,4 +165,8 @@ class LowerAgentToOps(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         patterns = [LowerReactLoop(), LowerLlm(), LowerTool(), LowerRetrieve(), LowerTransform()]
-        PatternRewriteWalker(GreedyRewritePatternApplier(patterns)).rewrite_module(op)
+        # One sweep suffices: no pattern creates ops another pattern rewrites.
+        walker = PatternRewriteWalker(
+            GreedyRewritePatternApplier(patterns), apply_recursively=False
+        )
+        walker.rewrite_module(op)
