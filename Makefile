@@ -8,9 +8,13 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: run test lint format schemas setup clean
 
+# The most complete pipeline so far: validate every example, then describe the quickstart agent
+# and compile it to placed operators on this machine (the runtime, issue 7, will run it).
 run: setup
 	$(BIN)/hetagent validate examples/agents/*.yaml examples/clusters/*.yaml
-	$(BIN)/hetagent describe examples/agents/*.yaml examples/clusters/*.yaml
+	$(BIN)/hetagent describe examples/agents/quickstart.yaml examples/clusters/local.yaml
+	$(BIN)/hetagent compile examples/agents/quickstart.yaml --emit placed \
+		--cluster examples/clusters/local.yaml
 
 test: setup
 	$(BIN)/python -m pytest

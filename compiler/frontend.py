@@ -356,6 +356,7 @@ class _FunctionBuilder:
             )
         function = self.functions[callee]
         call = _add(block, func.CallOp(callee, arguments, function.function_type.outputs.data))
+        call.attributes["agent.id"] = to_attr(self._id(node.name))
         call.attributes["agent.node"] = to_attr(node.name)
         for key, result in zip(child.spec.outputs, call.results, strict=True):
             self.values[("nodes", f"{node.name}.{key}")] = result
