@@ -202,7 +202,8 @@ def _op(op: Operation, names: _ValueNames) -> PlanOp:
     }
     affinity = op.attributes.get(AFFINITY)
     stage = op.attributes.get(STAGE)
-    return PlanOp(
+    # Built from verified IR: skip pydantic's validation (most of emit's time on large plans).
+    return PlanOp.model_construct(
         kind=op.name,
         id=op.attributes["id"].data if "id" in op.attributes else None,
         node=op.attributes["node"].data if "node" in op.attributes else None,

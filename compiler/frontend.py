@@ -22,13 +22,13 @@ from xdsl.dialects.builtin import ModuleOp, i1, i64
 from xdsl.ir import Block, Region, SSAValue
 
 from hetagent.compiler.dialects.agent import (
+    TEXT,
+    VALUE,
     ContinueOp,
     LlmOp,
     RetrieveOp,
-    TextType,
     ToolOp,
     TransformOp,
-    ValueType,
 )
 from hetagent.compiler.dialects.base import to_attr
 from hetagent.spec import (
@@ -84,9 +84,7 @@ class _FunctionBuilder:
     def build(self) -> str:
         name = self.graph.metadata.name
         spec = self.graph.spec
-        arg_types = [
-            TextType() if i.type == "string" else ValueType() for i in spec.inputs.values()
-        ]
+        arg_types = [TEXT if i.type == "string" else VALUE for i in spec.inputs.values()]
         block = Block(arg_types=arg_types)
         for input_name, arg in zip(spec.inputs, block.args, strict=True):
             self.values[("inputs", input_name)] = arg
@@ -162,7 +160,7 @@ class _FunctionBuilder:
                 block,
                 LlmOp.make(
                     inputs=operands,
-                    result_types=[TextType()],
+                    result_types=[TEXT],
                     id=op_id,
                     node=node.name,
                     model=model_of[node.model],
@@ -178,7 +176,7 @@ class _FunctionBuilder:
                 block,
                 ToolOp.make(
                     inputs=operands,
-                    result_types=[ValueType()],
+                    result_types=[VALUE],
                     id=op_id,
                     node=node.name,
                     tools=[node.tool],
@@ -193,7 +191,7 @@ class _FunctionBuilder:
                 block,
                 RetrieveOp.make(
                     inputs=operands,
-                    result_types=[ValueType()],
+                    result_types=[VALUE],
                     id=op_id,
                     node=node.name,
                     index=node.index,
@@ -210,7 +208,7 @@ class _FunctionBuilder:
                     block,
                     TransformOp.make(
                         inputs=operands,
-                        result_types=[TextType()],
+                        result_types=[TEXT],
                         id=op_id,
                         node=node.name,
                         kind="template",
@@ -222,7 +220,7 @@ class _FunctionBuilder:
                     block,
                     TransformOp.make(
                         inputs=operands,
-                        result_types=[ValueType()],
+                        result_types=[VALUE],
                         id=op_id,
                         node=node.name,
                         kind="parse",
@@ -245,14 +243,14 @@ class _FunctionBuilder:
             block,
             TransformOp.make(
                 inputs=operands,
-                result_types=[TextType()],
+                result_types=[TEXT],
                 id=self._id(name, "prompt"),
                 node=name,
                 kind="template",
             ),
         )
         zero = _add(block, arith.ConstantOp.from_int_and_width(0, i64))
-        text, turn_type = TextType(), i64
+        text, turn_type = TEXT, i64
         output_tokens = node.expected_output_tokens or node.max_tokens
 
         before = Block(arg_types=[text, turn_type])
@@ -290,7 +288,7 @@ class _FunctionBuilder:
             after,
             ToolOp.make(
                 inputs=[reply_in],
-                result_types=[ValueType()],
+                result_types=[VALUE],
                 id=self._id(name, "tool"),
                 node=name,
                 tools=node.tools,
@@ -381,7 +379,7 @@ class _FunctionBuilder:
             block,
             TransformOp.make(
                 inputs=self._operands(texts, depends_on),
-                result_types=[TextType()],
+                result_types=[TEXT],
                 id=op_id,
                 node=node,
                 kind="template",

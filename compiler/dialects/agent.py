@@ -49,6 +49,10 @@ class ValueType(ParametrizedAttribute, TypeAttribute):
     name = "agent.value"
 
 
+TEXT = TextType()  # parameterless types: one instance each (building one is not cheap)
+VALUE = ValueType()
+
+
 class InputsOp(HetOp):
     """An op that reads the values of the steps it depends on.
 

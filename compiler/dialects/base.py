@@ -8,7 +8,7 @@ upstream check) reject properties.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
+from functools import lru_cache
 from typing import Any, ClassVar, Self
 
 from xdsl.dialects.builtin import (
@@ -34,9 +34,10 @@ def to_attr(value: Any) -> Attribute:
     return _scalar_attr(type(value), value)
 
 
-@cache
+@lru_cache(maxsize=65536)
 def _scalar_attr(kind: type, value: Any) -> Attribute:
-    """Attributes are immutable, so equal scalars share one (building them is not cheap)."""
+    """Attributes are immutable, so equal scalars share one (building them is not cheap).
+    Bounded: op ids are unique, and a server compiles many graphs."""
     if kind is bool:
         return IntegerAttr(int(value), i1)
     if kind is int:

@@ -3,6 +3,8 @@
 As in IREE's device affinities, placement is data on the ops (`hw.affinity = #hw.affinity<"pool">`)
 and the pools are declared in the module (`hw.pool`), so later passes and the plan read both."""
 
+from functools import cache
+
 from xdsl.dialects.builtin import IntegerAttr, StringAttr
 from xdsl.ir import Dialect, ParametrizedAttribute
 from xdsl.irdl import IRDLOperation, attr_def, irdl_attr_definition, irdl_op_definition
@@ -20,6 +22,7 @@ class AffinityAttr(ParametrizedAttribute):
     pool: StringAttr
 
 
+@cache  # attributes are immutable; building one is not cheap
 def affinity(pool: str) -> AffinityAttr:
     return AffinityAttr(StringAttr(pool))
 

@@ -1,6 +1,7 @@
 """`llm`: the phases of one LLM call. Prefill and decode may run on different pools; the KV
 cache between them is a value (`!llm.kv<"model">`), so a move is an explicit `kv.transfer`."""
 
+from functools import cache
 from typing import ClassVar
 
 from xdsl.dialects.builtin import IntegerAttr, StringAttr
@@ -34,10 +35,12 @@ class KVType(ParametrizedAttribute, TypeAttribute):
     model: StringAttr
 
 
+@cache  # attributes are immutable; building one is not cheap
 def tokens_of(model: str) -> TokensType:
     return TokensType(StringAttr(model))
 
 
+@cache
 def kv_of(model: str) -> KVType:
     return KVType(StringAttr(model))
 

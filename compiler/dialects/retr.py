@@ -1,5 +1,6 @@
 """`retr`: retrieval, an embedding model call followed by a vector search."""
 
+from functools import cache
 from typing import ClassVar
 
 from xdsl.dialects.builtin import IntegerAttr, StringAttr
@@ -24,6 +25,7 @@ class EmbeddingType(ParametrizedAttribute, TypeAttribute):
     model: StringAttr
 
 
+@cache  # attributes are immutable; building one is not cheap
 def embedding_of(model: str) -> EmbeddingType:
     return EmbeddingType(StringAttr(model))
 

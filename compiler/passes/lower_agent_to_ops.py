@@ -22,10 +22,10 @@ from hetagent.compiler.frontend import is_react_loop
 
 
 def _carried(op: HetOp, suffix: str, *keys: str) -> dict[str, object]:
-    """The attributes a lowered op keeps from the step it lowers, with its own id."""
-    return {"id": f"{op.attr('id')}.{suffix}", "node": op.attr("node")} | {
-        key: op.attr(key) for key in keys
-    }
+    """The attributes a lowered op keeps from the step it lowers (as they are), with its own id."""
+    attributes = op.attributes
+    own = {"id": f"{attributes['id'].data}.{suffix}", "node": attributes["node"]}
+    return own | {key: attributes[key] for key in keys if key in attributes}
 
 
 def lower_llm_call(
