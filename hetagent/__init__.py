@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 # public name -> (module, attribute)
 _EXPORTS = {
     "Graph": ("hetagent.sdk", "Graph"),
-    "Node": ("hetagent.sdk", "Node"),
+    "NodeRef": ("hetagent.sdk", "NodeRef"),
     "tool": ("hetagent.sdk", "tool"),
     "AgentGraph": ("hetagent.spec", "AgentGraph"),
     "Cluster": ("hetagent.spec", "Cluster"),

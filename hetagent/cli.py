@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import networkx as nx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hetagent.documents import DocumentError, known_ids, load_file
@@ -22,6 +24,7 @@ from hetagent.spec import (
     AgentNode,
     Cluster,
     LlmNode,
+    Metadata,
     RetrieveNode,
     SubgraphNode,
     ToolNode,
@@ -35,8 +38,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Rich assumes 80 columns when output is piped (make, CI logs); tables read better wider.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No emoji: `:x:` in a user's text or an error message must print as written.
+out = Console(
+    highlight=False, emoji=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120
+)
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 USER_ERROR = 2
 
 
@@ -51,6 +57,17 @@ def validate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
 ) -> None:
     """Check documents; print one line per problem (file:line: path: message)."""
+
+    def show(path: Path, document: AgentGraph | Cluster) -> None:
+        if not quiet:
+            out.print(f"ok  {path}  {document.kind} {document.metadata.name}", markup=False)
+
+    _for_each_valid(files, show)
+
+
+def _for_each_valid(files: list[Path], show: Callable[[Path, AgentGraph | Cluster], None]) -> None:
+    """Show each valid document and print every problem of the others; exit 2 if any was
+    invalid, after all of them (one bad file should not hide the state of the rest)."""
     failed = False
     for path in files:
         try:
@@ -60,8 +77,7 @@ def validate(
             for issue in error.issues:
                 err.print(str(issue), markup=False)
             continue
-        if not quiet:
-            out.print(f"ok  {path}  {document.kind} {document.metadata.name}", markup=False)
+        show(path, document)
     if failed:
         raise typer.Exit(USER_ERROR)
 
@@ -82,7 +98,7 @@ def schema(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        _write(output, text)
 
 
 @app.command()
@@ -90,16 +106,73 @@ def describe(
     files: list[Path] = typer.Argument(..., help="AgentGraph or Cluster YAML files."),
 ) -> None:
     """Summarize documents: an agent's steps and stages, a cluster's pools and links."""
-    for path in files:
-        try:
-            document = load_file(path)
-        except DocumentError as error:
-            raise _fail(str(error)) from None
+
+    def show(path: Path, document: AgentGraph | Cluster) -> None:
         if isinstance(document, AgentGraph):
             _describe_agent(document)
         else:
             assert isinstance(document, Cluster)
             _describe_cluster(document)
+
+    _for_each_valid(files, show)
+
+
+@app.command()
+def compile(
+    agent: Path = typer.Argument(..., help="The AgentGraph YAML file."),
+    emit: str = typer.Option(
+        "ops", "--emit", help="agent | ops | placed (MLIR, generic form) | plan (JSON)."
+    ),
+    cluster: Path | None = typer.Option(None, "--cluster", help="Cluster YAML (placed, plan)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file."),
+) -> None:
+    """Lower an agent through the compiler; print MLIR (or the executable plan as JSON)."""
+    from hetagent.compiler import CompileError, compile_plan, lower, print_generic
+    from hetagent.compiler.placement import Pool, trivial_placement
+
+    levels = ("agent", "ops", "placed", "plan")
+    if emit not in levels:
+        raise _fail(f"unknown --emit {emit!r}; use one of {', '.join(levels)}")
+    if emit in ("placed", "plan") and cluster is None:
+        raise _fail(f"--emit {emit} places operators on pools: give --cluster CLUSTER.yaml")
+    graph = _load(agent, AgentGraph)
+    try:
+        placement = None
+        if cluster is not None:
+            spec = _load(cluster, Cluster).spec
+            devices = known_ids().devices
+            pools = tuple(Pool(p.name, p.device, p.count) for p in spec.pools)
+            accelerators = {p.name for p in spec.pools if devices[p.device].kind != "cpu"}
+            # Until the planner lands (issue 4), a trivial placement stands in for it.
+            placement = trivial_placement(lower(graph, "ops"), pools, accelerators)
+        if emit == "plan":
+            text = compile_plan(graph, placement).model_dump_json(indent=2) + "\n"
+        else:
+            text = print_generic(lower(graph, emit, placement))
+    except CompileError as error:
+        raise _fail(f"{agent}: {error}") from None
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        _write(output, text)
+
+
+def _load(path: Path, kind: type) -> AgentGraph | Cluster:
+    """A document of the expected kind, or a one-line error and exit 2."""
+    try:
+        document = load_file(path)
+    except DocumentError as error:
+        raise _fail(str(error)) from None
+    if not isinstance(document, kind):
+        raise _fail(f"{path}: expected kind {kind.__name__}, got {document.kind}")
+    return document
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise _fail(f"cannot write {path}: {error.strerror}") from None
 
 
 def _step_summary(graph: AgentGraph, node: object) -> tuple[str, str]:
@@ -126,8 +199,7 @@ def _step_summary(graph: AgentGraph, node: object) -> tuple[str, str]:
 
 def _describe_agent(graph: AgentGraph) -> None:
     spec = graph.spec
-    title = f"AgentGraph [bold]{graph.metadata.name}[/bold]"
-    out.print(title + (f" — {graph.metadata.description}" if graph.metadata.description else ""))
+    out.print(_title("AgentGraph", graph.metadata))
     dag = graph.dag()
     table = Table(show_edge=False, pad_edge=False)
     for column in ("step", "type", "runs", "after", "hints"):
@@ -135,7 +207,7 @@ def _describe_agent(graph: AgentGraph) -> None:
     for node in spec.nodes:
         runs, hints = _step_summary(graph, node)
         after = ", ".join(sorted(dag.predecessors(node.name)))
-        table.add_row(node.name, node.type, runs, after, hints)
+        table.add_row(*map(escape, (node.name, node.type, runs, after, hints)))
     out.print(table)
     stages = [" + ".join(sorted(stage)) for stage in nx.topological_generations(dag)]
     out.print("stages: " + " → ".join(stages), markup=False)
@@ -163,10 +235,7 @@ def _describe_agent(graph: AgentGraph) -> None:
 
 def _describe_cluster(cluster: Cluster) -> None:
     devices = known_ids().devices
-    title = f"Cluster [bold]{cluster.metadata.name}[/bold]"
-    out.print(
-        title + (f" — {cluster.metadata.description}" if cluster.metadata.description else "")
-    )
+    out.print(_title("Cluster", cluster.metadata))
     table = Table(show_edge=False, pad_edge=False)
     for column in ("pool", "device", "count", "memory GB", "bf16 TFLOP/s", "ownership", "price"):
         table.add_column(column)
@@ -177,8 +246,9 @@ def _describe_cluster(cluster: Cluster) -> None:
         elif pool.ownership == "rented":
             price = f"${device.rent_usd_per_hour:g}/h"
         else:
-            price = f"${pool.purchase_price or device.purchase_usd:,.0f} each"
-        table.add_row(
+            purchase = device.purchase_usd if pool.purchase_price is None else pool.purchase_price
+            price = f"${purchase:,.0f} each"
+        cells = (
             pool.name,
             pool.device,
             str(pool.count),
@@ -187,6 +257,7 @@ def _describe_cluster(cluster: Cluster) -> None:
             pool.ownership,
             price,
         )
+        table.add_row(*map(escape, cells))
     out.print(table)
     for link in cluster.spec.links:
         out.print(
@@ -208,6 +279,12 @@ def _describe_cluster(cluster: Cluster) -> None:
         markup=False,
     )
     out.print()
+
+
+def _title(kind: str, metadata: Metadata) -> str:
+    """`Kind name — description` as rich markup; the user's text is escaped, not interpreted."""
+    title = f"{kind} [bold]{metadata.name}[/bold]"
+    return title + (f" — {escape(metadata.description)}" if metadata.description else "")
 
 
 def _number(value: float | None) -> str:

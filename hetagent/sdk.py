@@ -42,7 +42,7 @@ def tool(fn: F | None = None, *, description: str | None = None) -> Any:
     """Mark a module-level function as a hetagent tool (usable as `g.tool(..., fn)`)."""
 
     def mark(func: F) -> F:
-        if "<locals>" in func.__qualname__ or "." in func.__qualname__:
+        if "." in func.__qualname__:  # a method, or a function defined in a function
             raise TypeError(
                 f"@hetagent.tool: {func.__qualname__} must be a module-level function, "
                 "so the runtime can import it as module:function"
@@ -72,7 +72,7 @@ def tool_info(fn: Callable[..., Any]) -> ToolInfo:
     return info
 
 
-class Node:
+class NodeRef:
     """A handle to a node of a Graph: its outputs as reference strings, usable in prompts."""
 
     def __init__(self, name: str):
@@ -87,7 +87,7 @@ class Node:
         return self.output("text")
 
     def __repr__(self) -> str:
-        return f"Node({self.name!r})"
+        return f"NodeRef({self.name!r})"
 
 
 def _tool_name(value: str | Callable[..., Any]) -> str:
@@ -113,11 +113,12 @@ class Graph:
         self,
         name: str,
         *,
-        type: str = "string",
+        type: str | None = None,
         description: str | None = None,
         default: Any = _REQUIRED,
     ) -> str:
-        """Declare an input (optional when it has a default); returns its reference."""
+        """Declare an input (optional when it has a default; of type string unless `type` says
+        otherwise); returns its reference."""
         declared = _camel({"type": type, "description": description})
         if default is not _REQUIRED:
             declared["default"] = default
@@ -159,13 +160,17 @@ class Graph:
     # -- nodes -------------------------------------------------------------------------------
 
     def _add(
-        self, type: str, name: str, depends_on: Iterable[Node | str] | None, fields: dict[str, Any]
-    ) -> Node:
+        self,
+        type: str,
+        name: str,
+        depends_on: Iterable[NodeRef | str] | None,
+        fields: dict[str, Any],
+    ) -> NodeRef:
         node = {"name": name, "type": type} | _camel(fields)
         if depends_on:
-            node["dependsOn"] = [d.name if isinstance(d, Node) else d for d in depends_on]
+            node["dependsOn"] = [d.name if isinstance(d, NodeRef) else d for d in depends_on]
         self._nodes.append(node)
-        return Node(name)
+        return NodeRef(name)
 
     def llm(
         self,
@@ -174,9 +179,9 @@ class Graph:
         model: str,
         prompt: str | None = None,
         messages: list[dict[str, str]] | None = None,
-        depends_on: Iterable[Node | str] | None = None,
+        depends_on: Iterable[NodeRef | str] | None = None,
         **options: Any,
-    ) -> Node:
+    ) -> NodeRef:
         """An LLM call. Options: max_tokens, temperature, expected_input_tokens, ..."""
         return self._add(
             "llm",
@@ -191,9 +196,9 @@ class Graph:
         tool: str | Callable[..., Any],
         *,
         args: dict[str, Any] | None = None,
-        depends_on: Iterable[Node | str] | None = None,
+        depends_on: Iterable[NodeRef | str] | None = None,
         **options: Any,
-    ) -> Node:
+    ) -> NodeRef:
         """A tool call: a built-in name (`shell`) or a function marked with @hetagent.tool."""
         return self._add(
             "tool", name, depends_on, {"tool": _tool_name(tool), "args": args, **options}
@@ -205,9 +210,9 @@ class Graph:
         *,
         index: str,
         query: str,
-        depends_on: Iterable[Node | str] | None = None,
+        depends_on: Iterable[NodeRef | str] | None = None,
         **options: Any,
-    ) -> Node:
+    ) -> NodeRef:
         return self._add("retrieve", name, depends_on, {"index": index, "query": query, **options})
 
     def transform(
@@ -216,9 +221,9 @@ class Graph:
         *,
         template: str | None = None,
         parse: dict[str, Any] | None = None,
-        depends_on: Iterable[Node | str] | None = None,
+        depends_on: Iterable[NodeRef | str] | None = None,
         **options: Any,
-    ) -> Node:
+    ) -> NodeRef:
         return self._add(
             "transform", name, depends_on, {"template": template, "parse": parse, **options}
         )
@@ -231,9 +236,9 @@ class Graph:
         instructions: str,
         prompt: str,
         tools: Iterable[str | Callable[..., Any]],
-        depends_on: Iterable[Node | str] | None = None,
+        depends_on: Iterable[NodeRef | str] | None = None,
         **options: Any,
-    ) -> Node:
+    ) -> NodeRef:
         """A ReAct loop. Options: max_turns, expected_turns, p95_turns, expected_tool_seconds..."""
         return self._add(
             "agent",
@@ -254,9 +259,9 @@ class Graph:
         *,
         ref: str,
         inputs: dict[str, Any] | None = None,
-        depends_on: Iterable[Node | str] | None = None,
+        depends_on: Iterable[NodeRef | str] | None = None,
         **options: Any,
-    ) -> Node:
+    ) -> NodeRef:
         return self._add("subgraph", name, depends_on, {"ref": ref, "inputs": inputs, **options})
 
     # -- output ------------------------------------------------------------------------------
@@ -285,4 +290,4 @@ class Graph:
         return self.build().to_yaml()
 
 
-__all__ = ["Graph", "Node", "SpecError", "ToolInfo", "tool", "tool_info"]
+__all__ = ["Graph", "NodeRef", "SpecError", "ToolInfo", "tool", "tool_info"]

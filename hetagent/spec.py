@@ -11,10 +11,12 @@ This module is a leaf: the catalog is passed in (see `KnownIds`), never imported
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, Protocol
+from fractions import Fraction
+from typing import Annotated, Any, ClassVar, Literal, Protocol, get_args
 
 import networkx as nx
 import yaml
@@ -22,13 +24,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     PrivateAttr,
     StringConstraints,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 API_VERSION = "hetagent.dev/v1alpha1"
 
@@ -41,17 +44,25 @@ Loc = tuple[str | int, ...]
 
 @dataclass(frozen=True)
 class Issue:
-    """One problem in a document: where (`spec.nodes[2].maxTokens`) and what to fix."""
+    """One problem in a document: where (`spec.nodes[2].maxTokens`) and what to fix.
+
+    `key` means the problem is the mapping key that ends `loc`: the path then names the mapping
+    (the key is not a path anyone could follow) while `loc` still leads to the key's line.
+    `line` is set when the text itself is wrong (YAML syntax), so there is no path.
+    """
 
     loc: Loc
     message: str
+    line: int | None = None
+    key: bool = False
 
     @property
     def path(self) -> str:
-        return format_path(self.loc)
+        return format_path(self.loc[:-1] if self.key else self.loc)
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        where = self.path or (f"line {self.line}" if self.line else "")
+        return f"{where}: {self.message}" if where else self.message
 
 
 class SpecError(ValueError):
@@ -62,14 +73,27 @@ class SpecError(ValueError):
         super().__init__("\n".join(str(i) for i in self.issues))
 
 
-def format_path(loc: Iterable[str | int]) -> str:
-    """`('spec', 'nodes', 2, 'maxTokens')` -> `spec.nodes[2].maxTokens`."""
+def shown(value: Any, limit: int = 60) -> str:
+    """A user's value in a message: repr (one line, control characters escaped), shortened."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_PLAIN_KEY = re.compile(r"[^\s\[\]'\"]+")
+
+
+def format_path(loc: Iterable[Any]) -> str:
+    """`('spec', 'nodes', 2, 'maxTokens')` -> `spec.nodes[2].maxTokens`.
+
+    Keys that would garble the path or break the line (spaces, control characters, non-strings
+    in free-form data such as `args`) are written as `[repr]`.
+    """
     out = ""
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
+        if isinstance(part, str) and _PLAIN_KEY.fullmatch(part) and part.isprintable():
+            out += f".{part}" if out else part
         else:
-            out += f".{part}" if out else str(part)
+            out += f"[{part!r}]"
     return out
 
 
@@ -78,15 +102,30 @@ def format_path(loc: Iterable[str | int]) -> str:
 
 
 class SpecModel(BaseModel):
-    """Base of every document model: camelCase keys, unknown keys rejected."""
+    """Base of every document model: camelCase keys only, unknown keys rejected, and values
+    typed as the JSON Schema says (strict: `true` or `"8"` is no integer, though an integer is
+    a number), with no infinities or NaNs."""
 
     model_config = ConfigDict(
         extra="forbid",
         alias_generator=to_camel,
-        validate_by_name=True,
+        validate_by_name=False,
         validate_by_alias=True,
         serialize_by_alias=True,
+        strict=True,
+        allow_inf_nan=False,
     )
+
+
+def _raise_at(problems: Iterable[tuple[Loc, str]]) -> None:
+    """Raise the rule violations a model validator found, each at the field it concerns (a plain
+    ValueError would point at the whole object); pydantic prefixes the object's location."""
+    errors = [
+        InitErrorDetails(type=PydanticCustomError("rule", message), loc=loc, input=None)
+        for loc, message in problems
+    ]
+    if errors:
+        raise ValidationError.from_exception_data("rule", errors)
 
 
 # A name's pattern -> what a user is told when a name does not match it.
@@ -112,7 +151,8 @@ ToolName = _named_string(
 )
 PositiveFloat = Annotated[float, Field(gt=0)]
 
-_MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T|k)?$")
+# Anchored for the JSON Schema, whose patterns search; ASCII digits only (`\d` takes any script).
+_MEMORY_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T|k)?\s*$")
 _MEMORY_UNITS = {
     None: 1,
     "k": 10**3,
@@ -125,56 +165,71 @@ _MEMORY_UNITS = {
     "Gi": 2**30,
     "Ti": 2**40,
 }
+MAX_MEMORY_BYTES = 2**63 - 1  # what cgroups and rlimits take
+_CPU_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)(m?)\s*$")
 
 
 def memory_bytes(quantity: str | int) -> int:
-    """A Kubernetes memory quantity (`512Mi`, `2G`, `1048576`) in bytes."""
-    if isinstance(quantity, int):
+    """A Kubernetes memory quantity (`512Mi`, `2G`, `1048576`) in bytes (exact: no float)."""
+    if isinstance(quantity, int) and not isinstance(quantity, bool):
         return quantity
-    match = _MEMORY_RE.match(quantity.strip())
+    match = _MEMORY_RE.fullmatch(quantity) if isinstance(quantity, str) else None
     if not match:
-        raise ValueError(f"memory {quantity!r} is not a quantity such as 512Mi, 2Gi or 1G")
-    return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
+        raise ValueError(f"memory {shown(quantity)} is not a quantity such as 512Mi, 2Gi or 1G")
+    return int(Fraction(match.group(1)) * _MEMORY_UNITS[match.group(2)])
 
 
 def cpu_cores(quantity: str | float) -> float:
-    """A Kubernetes CPU quantity (`2`, `0.5`, `500m`) in cores."""
-    if isinstance(quantity, int | float):
-        return float(quantity)
-    text = quantity.strip()
-    try:
-        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
-    except ValueError:
-        raise ValueError(f"cpu {quantity!r} is not a quantity such as 2, 0.5 or 500m") from None
+    """A Kubernetes CPU quantity (`2`, `0.5`, `500m`) in cores; always finite."""
+    cores = None
+    if isinstance(quantity, int | float) and not isinstance(quantity, bool):
+        cores = float(quantity)
+    elif isinstance(quantity, str) and (match := _CPU_RE.fullmatch(quantity)):
+        cores = float(match.group(1)) / (1000 if match.group(2) else 1)
+    if cores is None or not math.isfinite(cores):
+        raise ValueError(f"cpu {shown(quantity)} is not a quantity such as 2, 0.5 or 500m")
+    return cores
+
+
+def _memory_quantity(value: Any) -> Any:
+    if not 0 < memory_bytes(value) <= MAX_MEMORY_BYTES:
+        raise ValueError(f"memory {shown(value)} is not between 1 byte and 8 EiB")
+    return value
+
+
+def _cpu_quantity(value: Any) -> Any:
+    if cpu_cores(value) <= 0:
+        raise ValueError(f"cpu {shown(value)} is not a positive quantity such as 2, 0.5 or 500m")
+    return value
+
+
+# One validator for the whole field, so a bad value is one issue at `memory` or `cpu` (a union
+# of str and number would report a failure per member). The value stays as written.
+MemoryQuantity = Annotated[
+    str | int,
+    PlainValidator(
+        _memory_quantity,
+        json_schema_input_type=Annotated[str, StringConstraints(pattern=_MEMORY_RE.pattern)]
+        | Annotated[int, Field(gt=0)],
+    ),
+]
+CpuQuantity = Annotated[
+    str | int | float,
+    PlainValidator(
+        _cpu_quantity,
+        json_schema_input_type=Annotated[str, StringConstraints(pattern=_CPU_RE.pattern)]
+        | Annotated[float, Field(gt=0)],
+    ),
+]
 
 
 class ResourceHints(SpecModel):
     """What one tool call is expected to need; the grant broker sizes its limits from these."""
 
-    memory: str | Annotated[int, Field(gt=0)] | None = Field(
+    memory: MemoryQuantity | None = Field(
         None, description="Memory quantity (512Mi, 2Gi, or bytes)."
     )
-    cpu: str | PositiveFloat | None = Field(None, description="CPU cores (2, 0.5 or 500m).")
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _memory_is_quantity(cls, value: Any) -> Any:
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, str | int) or memory_bytes(value) <= 0
-        ):
-            raise ValueError(f"memory {value!r} is not a positive quantity such as 512Mi or 2Gi")
-        return value
-
-    @field_validator("cpu", mode="before")
-    @classmethod
-    def _cpu_is_quantity(cls, value: Any) -> Any:
-        if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, str | int | float)
-            or cpu_cores(value) <= 0
-        ):
-            raise ValueError(f"cpu {value!r} is not a positive quantity such as 2, 0.5 or 500m")
-        return value
+    cpu: CpuQuantity | None = Field(None, description="CPU cores (2, 0.5 or 500m).")
 
 
 class Retry(SpecModel):
@@ -194,7 +249,8 @@ class Metadata(SpecModel):
 # --------------------------------------------------------------------------------------------
 # References: ${inputs.x} and ${nodes.a.outputs.text}; `$${` is a literal `${`.
 
-_PLACEHOLDER_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+# A `${` without its `}` matches too (up to the end), so that it is reported as malformed.
+_PLACEHOLDER_RE = re.compile(r"\$\$\{|\$\{([^}]*)(\}?)")
 _INPUT_REF_RE = re.compile(r"^\s*inputs\.([A-Za-z][A-Za-z0-9_-]*)\s*$")
 _NODE_REF_RE = re.compile(
     r"^\s*nodes\.([A-Za-z][A-Za-z0-9_-]*)\.outputs\.([A-Za-z][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_-]+)*)\s*$"
@@ -217,7 +273,9 @@ def parse_references(text: str) -> Iterator[Reference | str]:
         if match.group(0) == "$${":
             continue
         body = match.group(1)
-        if m := _INPUT_REF_RE.match(body):
+        if not match.group(2):
+            yield match.group(0)
+        elif m := _INPUT_REF_RE.match(body):
             yield Reference("inputs", m.group(1))
         elif m := _NODE_REF_RE.match(body):
             fields = tuple(p for p in m.group(3).split(".") if p)
@@ -276,7 +334,7 @@ class LlmNode(BaseNode):
     type: Literal["llm"]
     model: Name = Field(description="A key of spec.models.")
     prompt: str | None = Field(None, description="The user message (or use messages).")
-    messages: list[Message] | None = None
+    messages: Annotated[list[Message], Field(min_length=1)] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 256
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
     expected_input_tokens: Annotated[int, Field(ge=1)] | None = Field(
@@ -288,13 +346,18 @@ class LlmNode(BaseNode):
 
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> LlmNode:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of prompt or messages")
-        if self.messages is not None and not self.messages:
-            raise ValueError("messages must not be empty")
-        if self.expected_output_tokens and self.expected_output_tokens > self.max_tokens:
-            raise ValueError("expectedOutputTokens cannot exceed maxTokens")
+        if self.prompt is None and self.messages is None:
+            raise ValueError("give prompt or messages")
+        if self.prompt is not None and self.messages is not None:
+            raise ValueError("give prompt or messages, not both")
+        _raise_at(_output_tokens_within_max(self))
         return self
+
+
+def _output_tokens_within_max(node: LlmNode | AgentNode) -> list[tuple[Loc, str]]:
+    if node.expected_output_tokens and node.expected_output_tokens > node.max_tokens:
+        return [(("expectedOutputTokens",), "expectedOutputTokens cannot exceed maxTokens")]
+    return []
 
 
 class ToolNode(BaseNode):
@@ -333,15 +396,18 @@ class Parse(SpecModel):
 
     @model_validator(mode="after")
     def _pattern_matches_format(self) -> Parse:
-        if self.format == "regex":
-            if not self.pattern:
-                raise ValueError("format regex needs a pattern")
+        problem = None
+        if self.format != "regex":
+            if self.pattern is not None:
+                problem = f"pattern applies only to format regex, not {self.format}"
+        elif not self.pattern:
+            problem = "format regex needs a pattern"
+        else:
             try:
                 re.compile(self.pattern)
-            except re.error as err:
-                raise ValueError(f"pattern is not a valid regular expression: {err}") from None
-        elif self.pattern is not None:
-            raise ValueError(f"pattern applies only to format regex, not {self.format}")
+            except (re.error, OverflowError, RecursionError) as err:
+                problem = f"pattern is not a valid regular expression: {err}"
+        _raise_at([(("pattern",), problem)] if problem else [])
         return self
 
 
@@ -357,8 +423,10 @@ class TransformNode(BaseNode):
 
     @model_validator(mode="after")
     def _template_or_parse(self) -> TransformNode:
-        if (self.template is None) == (self.parse is None):
-            raise ValueError("give exactly one of template or parse")
+        if self.template is None and self.parse is None:
+            raise ValueError("give template or parse")
+        if self.template is not None and self.parse is not None:
+            raise ValueError("give template or parse, not both")
         return self
 
 
@@ -387,7 +455,7 @@ class AgentNode(BaseNode):
     expected_output_tokens: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Planner hint: generated tokens of one turn."
     )
-    expected_tool_seconds: dict[str, Annotated[float, Field(ge=0)]] = Field(
+    expected_tool_seconds: dict[ToolName, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="Planner hint: expected duration of each tool's call."
     )
     resources: ResourceHints | None = Field(None, description="Hints for every tool call.")
@@ -396,24 +464,27 @@ class AgentNode(BaseNode):
     )
 
     @model_validator(mode="after")
-    def _turns_consistent(self) -> AgentNode:
+    def _consistent(self) -> AgentNode:
+        problems: list[tuple[Loc, str]] = []
         if self.p95_turns is not None and self.p95_turns > self.max_turns:
-            raise ValueError("p95Turns cannot exceed maxTurns")
+            problems.append((("p95Turns",), "p95Turns cannot exceed maxTurns"))
         if self.expected_turns is not None and self.expected_turns > (
             self.p95_turns or self.max_turns
         ):
-            raise ValueError("expectedTurns cannot exceed p95Turns (or maxTurns)")
-        if len(set(self.tools)) != len(self.tools):
-            raise ValueError("tools lists a tool twice")
+            problems.append(
+                (("expectedTurns",), "expectedTurns cannot exceed p95Turns (or maxTurns)")
+            )
+        for i, tool in enumerate(self.tools):
+            if tool in self.tools[:i]:
+                problems.append((("tools", i), f"{tool!r} is listed twice"))
         for field, named in (
             ("expectedToolSeconds", self.expected_tool_seconds),
             ("toolResources", self.tool_resources),
         ):
-            unknown = sorted(set(named) - set(self.tools))
-            if unknown:
-                raise ValueError(f"{field} names tools not in tools: {', '.join(unknown)}")
-        if self.expected_output_tokens and self.expected_output_tokens > self.max_tokens:
-            raise ValueError("expectedOutputTokens cannot exceed maxTokens")
+            for tool in named:
+                if tool not in self.tools:
+                    problems.append(((field, tool), f"{shown(tool)} is not in tools"))
+        _raise_at(problems + _output_tokens_within_max(self))
         return self
 
 
@@ -427,11 +498,11 @@ class SubgraphNode(BaseNode):
     inputs: dict[Name, Any] = Field(default_factory=dict)
 
 
-Node = Annotated[
-    LlmNode | ToolNode | RetrieveNode | TransformNode | AgentNode | SubgraphNode,
-    Field(discriminator="type"),
-]
-NODE_TYPES = frozenset({"llm", "tool", "retrieve", "transform", "agent", "subgraph"})
+NodeKind = LlmNode | ToolNode | RetrieveNode | TransformNode | AgentNode | SubgraphNode
+Node = Annotated[NodeKind, Field(discriminator="type")]
+NODE_TYPES = frozenset(
+    type_ for kind in get_args(NodeKind) for type_ in get_args(kind.model_fields["type"].annotation)
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,16 +525,12 @@ class Input(SpecModel):
             "object": dict, "array": list,
         }  # fmt: skip
         value = self.default
-        is_bool = isinstance(value, bool)
-        if (
-            "default" in self.model_fields_set
-            and value is not None
-            and (
-                not isinstance(value, python_types[self.type])
-                or (is_bool != (self.type == "boolean"))
-            )
+        if value is not None and (
+            not isinstance(value, python_types[self.type])
+            or isinstance(value, bool) != (self.type == "boolean")
+            or (isinstance(value, float) and not math.isfinite(value))
         ):
-            raise ValueError(f"default {value!r} is not of type {self.type}")
+            _raise_at([(("default",), f"default {shown(value)} is not of type {self.type}")])
         return self
 
 
@@ -536,8 +603,9 @@ class Document(SpecModel):
     metadata: Metadata
 
     def to_dict(self) -> dict[str, Any]:
-        """The document as YAML/JSON data: only what differs from the defaults."""
-        return self.model_dump(mode="json", exclude_defaults=True)
+        """The document as YAML/JSON data: exactly the keys it was given (an explicit value equal
+        to the default still means something: `default: null` makes an input optional)."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
     def to_yaml(self) -> str:
         return dump_yaml(self.to_dict())
@@ -561,6 +629,12 @@ class AgentGraph(Document):
     @property
     def subgraphs(self) -> dict[str, AgentGraph]:
         return self._subgraphs
+
+    def __eq__(self, other: object) -> bool:
+        """Equal documents are equal graphs: the resolved subgraphs are not part of the text."""
+        if not isinstance(other, AgentGraph):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
 
     def node(self, name: str) -> Node:
         for node in self.spec.nodes:
@@ -682,7 +756,7 @@ class KnownIds:
 def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
     names = sorted(known)
     listed = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-    return f"unknown {kind} {name!r}; known: {listed or '(none)'}"
+    return f"unknown {kind} {shown(name)}; known: {listed or '(none)'}"
 
 
 def check_agent_graph(graph: AgentGraph, known: KnownIds | None = None) -> list[Issue]:
@@ -691,12 +765,12 @@ def check_agent_graph(graph: AgentGraph, known: KnownIds | None = None) -> list[
     issues: list[Issue] = []
 
     def issue(loc: Loc, message: str) -> None:
-        issues.append(Issue(loc if loc[:1] == ("spec",) else ("spec", *loc), message))
+        issues.append(Issue(loc, message))
 
     if known is not None:
         for key, model in spec.models.items():
             if model.id not in known.models:
-                issue(("models", key, "id"), _unknown("model", model.id, known.models))
+                issue(("spec", "models", key, "id"), _unknown("model", model.id, known.models))
 
     def model_kind(key: str) -> str | None:
         """The catalog's kind of a declared model (decoder, encoder, ...), when known."""
@@ -707,19 +781,19 @@ def check_agent_graph(graph: AgentGraph, known: KnownIds | None = None) -> list[
     for key, index in spec.indexes.items():
         if index.embedding_model not in spec.models:
             issue(
-                ("indexes", key, "embeddingModel"),
+                ("spec", "indexes", key, "embeddingModel"),
                 _unknown("model", index.embedding_model, spec.models),
             )
         elif model_kind(index.embedding_model) not in (None, "encoder"):
             issue(
-                ("indexes", key, "embeddingModel"),
+                ("spec", "indexes", key, "embeddingModel"),
                 f"{index.embedding_model} is not an embedding (encoder) model",
             )
 
     nodes_by_name: dict[str, BaseNode] = {}
     for i, node in enumerate(spec.nodes):
         if node.name in nodes_by_name:
-            issue(("nodes", i, "name"), f"duplicate node name {node.name!r}")
+            issue(("spec", "nodes", i, "name"), f"duplicate node name {node.name!r}")
         nodes_by_name.setdefault(node.name, node)
 
     def check_text(loc: Loc, text: str, owner: str | None) -> None:
@@ -727,7 +801,7 @@ def check_agent_graph(graph: AgentGraph, known: KnownIds | None = None) -> list[
             if isinstance(ref, str):
                 issue(
                     loc,
-                    f"malformed reference {ref}; use ${{inputs.NAME}} or "
+                    f"malformed reference {shown(ref)}; use ${{inputs.NAME}} or "
                     "${nodes.NAME.outputs.OUTPUT} (write $${ for a literal ${)",
                 )
             elif ref.scope == "inputs":
@@ -757,22 +831,23 @@ def check_agent_graph(graph: AgentGraph, known: KnownIds | None = None) -> list[
     for i, node in enumerate(spec.nodes):
         for j, dep in enumerate(node.depends_on):
             if dep not in nodes_by_name:
-                issue(("nodes", i, "dependsOn", j), _unknown("node", dep, nodes_by_name))
+                issue(("spec", "nodes", i, "dependsOn", j), _unknown("node", dep, nodes_by_name))
             elif dep == node.name:
-                issue(("nodes", i, "dependsOn", j), "a node cannot depend on itself")
+                issue(("spec", "nodes", i, "dependsOn", j), "a node cannot depend on itself")
         if isinstance(node, LlmNode | AgentNode) and node.model not in spec.models:
-            issue(("nodes", i, "model"), _unknown("model", node.model, spec.models))
+            issue(("spec", "nodes", i, "model"), _unknown("model", node.model, spec.models))
         elif isinstance(node, LlmNode | AgentNode) and model_kind(node.model) == "encoder":
             issue(
-                ("nodes", i, "model"), f"{node.model} is an embedding model; use a generative one"
+                ("spec", "nodes", i, "model"),
+                f"{node.model} is an embedding model; use a generative one",
             )
         if isinstance(node, RetrieveNode) and node.index not in spec.indexes:
-            issue(("nodes", i, "index"), _unknown("index", node.index, spec.indexes))
+            issue(("spec", "nodes", i, "index"), _unknown("index", node.index, spec.indexes))
     for loc, text, owner in graph.templated_strings():
         check_text(loc, text, owner)
 
     dag = graph.dag()
-    dag.remove_edges_from([(n, n) for n in list(dag.nodes) if dag.has_edge(n, n)])
+    dag.remove_edges_from(list(nx.selfloop_edges(dag)))  # reported above, not as a cycle
     try:
         cycle = nx.find_cycle(dag)
     except nx.NetworkXNoCycle:
@@ -781,7 +856,7 @@ def check_agent_graph(graph: AgentGraph, known: KnownIds | None = None) -> list[
         names = [edge[0] for edge in cycle] + [cycle[0][0]]
         first = next(i for i, n in enumerate(spec.nodes) if n.name == cycle[0][1])
         issue(
-            ("nodes", first),
+            ("spec", "nodes", first),
             "the graph has a cycle: " + " -> ".join(names) + " (loops belong inside an agent node)",
         )
     return issues
@@ -854,18 +929,26 @@ def _pydantic_issues(error: ValidationError) -> list[Issue]:
     issues = []
     for err in error.errors(include_url=False):
         loc = _drop_union_tags(tuple(err["loc"]))
+        # A bad key: of a dict at (..., key, "[key]"), of a model (not a string) at (..., key).
+        key = loc[-1:] == ("[key]",) or err["type"] == "invalid_key"
+        loc = loc[:-1] if loc[-1:] == ("[key]",) else loc
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            message = f"unknown field {loc[-1]!r}; remove it or check its spelling"
+            message = f"unknown field {shown(loc[-1])}; remove it or check its spelling"
+            if "_" in str(loc[-1]):
+                message += " (keys are camelCase)"
         elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc = (*loc, "type")
             problem = "unknown" if err["type"] == "union_tag_invalid" else "missing"
             message = f"{problem} node type; use one of {', '.join(sorted(NODE_TYPES))}"
         elif err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] in PATTERN_HINTS:
-            message = f"{err['input']!r} is not valid: {PATTERN_HINTS[err['ctx']['pattern']]}"
+            hint = PATTERN_HINTS[err["ctx"]["pattern"]]
+            message = hint if key else f"{shown(err['input'])} is not valid: {hint}"
         elif err["type"] == "literal_error" and loc == ("apiVersion",):
             message = f"apiVersion must be {API_VERSION}"
-        issues.append(Issue(loc, message))
+        if key:
+            message = f"key {shown(loc[-1])} is not valid: {message}"
+        issues.append(Issue(loc, message, key=key))
     return issues
 
 
@@ -896,34 +979,83 @@ def parse_document(data: Any, *, known: KnownIds | None = None) -> AgentGraph | 
 # YAML
 
 
+MAX_YAML_NODES = 100_000  # values after aliases are expanded; the examples have about 1,000
+MAX_YAML_DEPTH = 100
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
+    """SafeLoader that rejects, before building the data, what would be silently lost or never
+    finish: duplicate keys, keys that are lists or mappings, recursive aliases, alias bombs
+    (billion laughs) and absurd nesting. Merge keys (`<<: *base`) work as usual."""
 
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check(node)
+        return super().construct_document(node)
 
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
+    def _check(self, root: yaml.Node) -> None:
+        """Walk the document as its data would be (aliases expanded), stopping at the limits."""
+        count = 0
+        inside: set[int] = set()  # ids of the nodes on the way down to the current one
+        stack: list[tuple[yaml.Node, int]] = [(root, 1)]  # depth -1: leaving the node
+        while stack:
+            node, depth = stack.pop()
+            if depth < 0:
+                inside.discard(id(node))
+                continue
+            count += 1
+            if id(node) in inside:
+                self._fail(
+                    node, "an alias refers to a node that contains it: a recursive structure"
+                )
+            if depth > MAX_YAML_DEPTH:
+                self._fail(node, f"the document is nested more than {MAX_YAML_DEPTH} levels deep")
+            if count > MAX_YAML_NODES:
+                self._fail(node, f"aliases expand the document to over {MAX_YAML_NODES:,} values")
+            if isinstance(node, yaml.MappingNode):
+                self._check_keys(node)
+                children = [part for pair in node.value for part in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = node.value
+            else:
+                continue
+            inside.add(id(node))
+            stack.append((node, -1))
+            stack.extend((child, depth + 1) for child in reversed(children))
 
+    def _check_keys(self, node: yaml.MappingNode) -> None:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # merged keys may be overridden: they are no duplicates
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._fail(key_node, f"a key must be a string, not a {key_node.id}")
+            key = self.construct_object(key_node)
+            if key in seen:
+                self._fail(key_node, f"duplicate key {shown(key)}")
+            seen.add(key)
 
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    @staticmethod
+    def _fail(node: yaml.Node, problem: str) -> None:
+        raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
 
 
 def load_yaml(text: str) -> Any:
-    """Parse one YAML document strictly; a syntax error becomes a SpecError with its line."""
+    """Parse one YAML document strictly; an error becomes a SpecError with its line."""
     try:
         documents = list(yaml.load_all(text, Loader=_StrictLoader))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise SpecError([Issue((), f"invalid YAML: {where}{problem}")]) from None
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow
+        line = text.count("\n", 0, err.position) + 1
+        message = f"invalid YAML: character {chr(err.character)!r} is not allowed; escape it"
+        raise SpecError([Issue((), message, line=line)]) from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        problem = " ".join(str(err.problem or err.context).split())  # one line
+        where = f" (column {mark.column + 1})" if mark else ""
+        line = mark.line + 1 if mark else None
+        raise SpecError([Issue((), f"invalid YAML: {problem}{where}", line=line)]) from None
+    except RecursionError:
+        message = f"invalid YAML: the document is nested more than {MAX_YAML_DEPTH} levels deep"
+        raise SpecError([Issue((), message)]) from None
     if len(documents) != 1:
         raise SpecError([Issue((), f"expected one YAML document, found {len(documents)}")])
     return documents[0]

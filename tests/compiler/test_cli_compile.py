@@ -52,5 +52,5 @@ def test_unknown_emit_level_and_wrong_kinds_are_user_errors():
     )
     result = run(CLUSTER)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"{CLUSTER}: expected a AgentGraph, got a Cluster"
+    assert result.stderr.strip() == f"{CLUSTER}: expected kind AgentGraph, got Cluster"
     assert "Traceback" not in result.stderr

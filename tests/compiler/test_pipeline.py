@@ -98,21 +98,27 @@ def test_trivial_placement_puts_model_ops_on_the_accelerator(graph):
 
 def test_subgraph_becomes_a_call_of_its_own_function(tmp_path):
     header = "apiVersion: hetagent.dev/v1alpha1\nkind: AgentGraph\n"
-    (tmp_path / "child.yaml").write_text(header + """\
+    (tmp_path / "child.yaml").write_text(
+        header
+        + """\
 metadata: {name: child}
 spec:
   inputs: {topic: {}}
   models: {m: {id: smollm2-135m}}
   outputs: {summary: "${nodes.write.outputs.text}"}
   nodes: [{name: write, type: llm, model: m, prompt: "About ${inputs.topic}"}]
-""")
-    (tmp_path / "parent.yaml").write_text(header + """\
+"""
+    )
+    (tmp_path / "parent.yaml").write_text(
+        header
+        + """\
 metadata: {name: parent}
 spec:
   inputs: {q: {}}
   outputs: {report: "${nodes.research.outputs.summary}"}
   nodes: [{name: research, type: subgraph, ref: child.yaml, inputs: {topic: "${inputs.q}"}}]
-""")
+"""
+    )
     module = lower(hetagent.load(tmp_path / "parent.yaml"), "ops")
     text = print_generic(module)
     assert '"func.call"(%0) <{callee = @child}> {agent.id = "research"' in text

@@ -151,3 +151,12 @@ def test_input_with_default_is_optional():
     g.llm("x", model="m", prompt=f"{g.input('a')} {g.input('b', type='integer', default=None)}")
     inputs = g.build().spec.inputs
     assert inputs["a"].required and not inputs["b"].required
+
+
+def test_node_handles_are_node_refs():
+    g = hetagent.Graph("refs")
+    g.model("m", "smollm2-135m")
+    first = g.llm("first", model="m", prompt="hi")
+    assert isinstance(first, hetagent.NodeRef) and repr(first) == "NodeRef('first')"
+    assert first.output("text") == first.text == "${nodes.first.outputs.text}"
+    assert not hasattr(hetagent, "Node")

@@ -6,8 +6,10 @@ import pytest
 
 from hetagent.documents import known_ids
 from hetagent.spec import (
+    NODE_TYPES,
     AgentGraph,
     Cluster,
+    Issue,
     SpecError,
     cpu_cores,
     load_yaml,
@@ -153,9 +155,18 @@ def test_field_path_only_into_structured_outputs():
 def test_malformed_reference_and_literal_escape():
     shell = node("run", type="tool", tool="shell", args={"command": "echo $${HOME} ${HOME}"})
     (issue,) = issues_of(graph(nodes=[*GRAPH["spec"]["nodes"], shell]))
-    assert issue.startswith("spec.nodes[2].args.command: malformed reference ${HOME}")
+    assert issue.startswith("spec.nodes[2].args.command: malformed reference '${HOME}'")
     shell["args"]["command"] = "echo $${HOME}"
     parse_document(graph(nodes=[*GRAPH["spec"]["nodes"], shell]))
+
+
+def test_unterminated_reference_is_malformed():
+    data = graph()
+    data["spec"]["nodes"][1]["prompt"] = "${inputs.question and more"
+    (issue,) = issues_of(data)
+    assert issue.startswith(
+        "spec.nodes[1].prompt: malformed reference '${inputs.question and more'; use "
+    )
 
 
 def test_cycle_is_rejected_and_named():
@@ -186,40 +197,57 @@ def test_retrieve_needs_declared_index_with_declared_embedding_model():
     assert issues_of(data) == ["spec.nodes[0].index: unknown index 'docs'; known: (none)"]
 
 
+USER = {"role": "user", "content": "hi"}
+
+
 @pytest.mark.parametrize(
-    ("fields", "message"),
+    ("fields", "issue"),
     [
-        ({"model": "chat"}, "give exactly one of prompt or messages"),
+        ({"model": "chat"}, "spec.nodes[0]: give prompt or messages"),
         (
-            {"model": "chat", "prompt": "a", "messages": []},
-            "give exactly one of prompt or messages",
+            {"model": "chat", "prompt": "a", "messages": [USER]},
+            "spec.nodes[0]: give prompt or messages, not both",
+        ),
+        (
+            {"model": "chat", "messages": []},
+            "spec.nodes[0].messages: List should have at least 1 item after validation, not 0",
         ),
         (
             {"model": "chat", "prompt": "a", "maxTokens": 8, "expectedOutputTokens": 9},
-            "expectedOutputTokens cannot exceed maxTokens",
+            "spec.nodes[0].expectedOutputTokens: expectedOutputTokens cannot exceed maxTokens",
         ),
     ],
 )
-def test_llm_node_rules(fields, message):
-    (issue,) = issues_of(graph(nodes=[node("x", type="llm", **fields)], outputs={}))
-    assert issue == f"spec.nodes[0]: {message}"
+def test_llm_node_rules_point_at_their_field(fields, issue):
+    assert issues_of(graph(nodes=[node("x", type="llm", **fields)], outputs={})) == [issue]
 
 
 AGENT = {"type": "agent", "model": "chat", "instructions": "i", "prompt": "p", "tools": ["shell"]}
 
 
 @pytest.mark.parametrize(
-    ("fields", "message"),
+    ("fields", "issue"),
     [
-        ({"maxTurns": 5, "p95Turns": 6}, "p95Turns cannot exceed maxTurns"),
-        ({"p95Turns": 3, "expectedTurns": 4}, "expectedTurns cannot exceed p95Turns"),
-        ({"expectedToolSeconds": {"python": 1}}, "expectedToolSeconds names tools not in tools"),
-        ({"tools": ["shell", "shell"]}, "tools lists a tool twice"),
+        ({"maxTurns": 5, "p95Turns": 6}, "p95Turns: p95Turns cannot exceed maxTurns"),
+        (
+            {"p95Turns": 3, "expectedTurns": 4},
+            "expectedTurns: expectedTurns cannot exceed p95Turns (or maxTurns)",
+        ),
+        (
+            {"expectedToolSeconds": {"python": 1}},
+            "expectedToolSeconds.python: 'python' is not in tools",
+        ),
+        ({"tools": ["shell", "shell"]}, "tools[1]: 'shell' is listed twice"),
+        (
+            {"maxTokens": 8, "expectedOutputTokens": 9},
+            "expectedOutputTokens: expectedOutputTokens cannot exceed maxTokens",
+        ),
     ],
 )
-def test_agent_node_rules(fields, message):
-    (issue,) = issues_of(graph(nodes=[node("x", **AGENT | fields)], outputs={}))
-    assert issue.startswith(f"spec.nodes[0]: {message}")
+def test_agent_node_rules_point_at_their_field(fields, issue):
+    assert issues_of(graph(nodes=[node("x", **AGENT | fields)], outputs={})) == [
+        f"spec.nodes[0].{issue}"
+    ]
 
 
 def test_tool_names_are_builtins_or_module_function():
@@ -233,14 +261,21 @@ def test_tool_names_are_builtins_or_module_function():
 
 
 def test_transform_needs_template_or_valid_parse():
-    for fields, message in [
-        ({}, "give exactly one of template or parse"),
-        ({"parse": {"input": "x", "format": "regex"}}, "format regex needs a pattern"),
-        ({"parse": {"input": "x", "format": "regex", "pattern": "("}}, "not a valid regular"),
-        ({"parse": {"input": "x", "format": "json", "pattern": "a"}}, "pattern applies only"),
+    regex = {"input": "x", "format": "regex"}
+    for fields, start in [
+        ({}, "spec.nodes[0]: give template or parse"),
+        ({"template": "t", "parse": regex | {"pattern": "a"}}, "spec.nodes[0]: give template"),
+        ({"parse": regex}, "spec.nodes[0].parse.pattern: format regex needs a pattern"),
+        ({"parse": regex | {"pattern": "("}}, "spec.nodes[0].parse.pattern: pattern is not a"),
+        ({"parse": regex | {"pattern": "a{99999999999}"}}, "spec.nodes[0].parse.pattern: "),
+        ({"parse": regex | {"pattern": "(" * 2000 + ")" * 2000}}, "spec.nodes[0].parse.pattern"),
+        (
+            {"parse": {"input": "x", "format": "json", "pattern": "a"}},
+            "spec.nodes[0].parse.pattern: pattern applies only",
+        ),
     ]:
         (issue,) = issues_of(graph(nodes=[node("t", type="transform", **fields)], outputs={}))
-        assert message in issue, issue
+        assert issue.startswith(start), issue
 
 
 def test_resource_quantities():
@@ -254,6 +289,79 @@ def test_resource_quantities():
         "spec.nodes[0].resources.memory",
         "spec.nodes[0].resources.cpu",
     ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("cpu", "nan"),
+        ("cpu", "infm"),
+        ("cpu", float("inf")),
+        ("cpu", float("nan")),
+        ("cpu", "9" * 400),  # a float overflows to inf
+        ("cpu", True),
+        ("cpu", [1]),
+        ("cpu", "0m"),
+        ("memory", "9" * 300 + "Ti"),  # overflowed a float, then int()
+        ("memory", True),
+        ("memory", 0),
+        ("memory", "\u0665Mi"),  # ARABIC-INDIC DIGIT FIVE: a digit, but not a quantity
+    ],
+)
+def test_resource_quantities_are_finite_positive_and_one_issue(field, value):
+    bad = node("t", type="tool", tool="shell", resources={field: value})
+    (issue,) = issues_of(graph(nodes=[bad], outputs={}))
+    assert issue.startswith(f"spec.nodes[0].resources.{field}: {field} ")
+
+
+def test_resource_quantities_keep_their_written_form():
+    for resources in ({"memory": "64Mi", "cpu": "500m"}, {"memory": 1048576, "cpu": 2}):
+        good = node("t", type="tool", tool="shell", resources=resources)
+        parsed = parse_document(graph(nodes=[good], outputs={}))
+        assert parsed.to_dict()["spec"]["nodes"][0]["resources"] == resources
+    assert memory_bytes("1.5Ki") == 1536 and memory_bytes("9" * 30 + "Ti") == int("9" * 30) * 2**40
+    assert cpu_cores(" 250m ") == 0.25
+    with pytest.raises(ValueError, match="not a quantity"):
+        cpu_cores("inf")
+
+
+def test_numbers_are_typed_strictly_and_finite():
+    data = graph()
+    answer = data["spec"]["nodes"][1]
+    answer |= {"maxTokens": True, "temperature": 1, "timeoutSeconds": float("inf")}
+    data["spec"]["slo"] = {"p95LatencySeconds": float("nan"), "ttftSeconds": "1"}
+    assert issues_of(data) == [
+        "spec.slo.p95LatencySeconds: Input should be a finite number",
+        "spec.slo.ttftSeconds: Input should be a valid number",
+        "spec.nodes[1].timeoutSeconds: Input should be a finite number",
+        "spec.nodes[1].maxTokens: Input should be a valid integer",
+    ]  # and an integer temperature is a number
+
+
+def test_keys_are_camel_case_only():
+    data = graph()
+    data["spec"]["nodes"][1]["max_tokens"] = data["spec"]["nodes"][1].pop("maxTokens")
+    assert issues_of(data) == [
+        "spec.nodes[1].max_tokens: unknown field 'max_tokens'; remove it or check its spelling "
+        "(keys are camelCase)"
+    ]
+
+
+def test_a_bad_mapping_key_names_the_mapping_and_the_key():
+    assert issues_of(graph(inputs={"question": {}, "bad name": {}})) == [
+        "spec.inputs: key 'bad name' is not valid: a name starts with a letter, then letters, "
+        "digits, '_' or '-' (at most 63)"
+    ]
+    shell = node("run", type="tool", tool="shell", args={1: "x", "a\nb": "${"})
+    assert issues_of(graph(nodes=[shell], outputs={})) == [
+        "spec.nodes[0].args: key 1 is not valid: Input should be a valid string"
+    ]
+    del shell["args"][1]
+    (issue,) = issues_of(graph(nodes=[shell], outputs={}))
+    assert issue.startswith("spec.nodes[0].args['a\\nb']: malformed reference '${'")
+    data = graph()
+    data["spec"][None] = "x"
+    assert issues_of(data) == ["spec: key 'None' is not valid: Keys should be strings"]
 
 
 def test_input_with_default_is_optional():
@@ -300,13 +408,59 @@ def test_pool_price_override_satisfies_pricing():
     parse_document(data, known=known_ids())
 
 
+def yaml_issue(text: str) -> Issue:
+    with pytest.raises(SpecError) as error:
+        load_yaml(text)
+    (issue,) = error.value.issues
+    return issue
+
+
 def test_yaml_duplicate_keys_and_syntax_errors_are_located():
-    with pytest.raises(SpecError, match=r"line 2, column 1: duplicate key 'kind'"):
-        load_yaml("kind: AgentGraph\nkind: Cluster\n")
-    with pytest.raises(SpecError, match=r"invalid YAML: line 2, column 1: expected ',' or '\]'"):
-        load_yaml("a: [1, 2\n")
-    with pytest.raises(SpecError, match="expected one YAML document, found 2"):
-        load_yaml("a: 1\n---\nb: 2\n")
+    issue = yaml_issue("kind: AgentGraph\nkind: Cluster\n")
+    assert (issue.line, issue.message) == (2, "invalid YAML: duplicate key 'kind' (column 1)")
+    assert str(issue) == "line 2: invalid YAML: duplicate key 'kind' (column 1)"
+    issue = yaml_issue("a: [1, 2\n")
+    assert issue.line == 2 and issue.message.startswith("invalid YAML: expected ',' or ']'")
+    assert yaml_issue("a: 1\n---\nb: 2\n").message == "expected one YAML document, found 2"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("a: 1\nargs: {[1, 2]: x}\n", 2, "a key must be a string, not a sequence"),
+        ("a: 1\nb: {? {c: 1} : x}\n", 2, "a key must be a string, not a mapping"),
+        ("a: &r [*r]\n", 1, "an alias refers to a node that contains it: a recursive structure"),
+        ("a: &r {b: *r}\n", 1, "an alias refers to a node that contains it: a recursive structure"),
+        (
+            "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"a{i + 1}: &a{i + 1} [{', '.join([f'*a{i}'] * 10)}]\n" for i in range(8)),
+            1,  # where the expansion crosses the limit: inside the first anchor
+            "aliases expand the document to over 100,000 values",
+        ),
+        ("a: " + "[" * 150 + "]" * 150, 1, "the document is nested more than 100 levels deep"),
+        ("a: b\x01c\n", 1, "character '\\x01' is not allowed; escape it"),
+        ("a: {<<: 5}\n", 1, "expected a mapping or list of mappings for merging, but found scalar"),
+    ],
+)
+def test_yaml_that_would_crash_hang_or_lose_data_is_rejected_with_its_line(text, line, message):
+    issue = yaml_issue(text)
+    assert issue.line == line
+    assert issue.message.startswith(f"invalid YAML: {message}")
+    assert len(str(issue).splitlines()) == 1
+
+
+def test_yaml_nested_beyond_the_parser_is_rejected():
+    issue = yaml_issue("a: " + "[" * 5000 + "]" * 5000)
+    assert issue.message == "invalid YAML: the document is nested more than 100 levels deep"
+
+
+def test_yaml_merge_keys_and_anchors_work():
+    text = "base: &b {x: 1, k: 0}\nmid: {n: &m {<<: *b, k: 1}}\ntop: {<<: *m, k: 2, y: [*b]}\n"
+    assert load_yaml(text) == {
+        "base": {"x": 1, "k": 0},
+        "mid": {"n": {"x": 1, "k": 1}},
+        "top": {"x": 1, "k": 2, "y": [{"x": 1, "k": 0}]},
+    }
 
 
 def test_a_document_must_be_a_mapping():
@@ -333,6 +487,7 @@ def test_model_kinds_fit_their_use():
         ({"type": "number", "default": 2}, True),
         ({"type": "array", "default": {}}, False),
         ({"type": "string", "default": None}, True),
+        ({"type": "number", "default": float("inf")}, False),
     ],
 )
 def test_input_default_matches_its_type(declared, ok):
@@ -341,7 +496,7 @@ def test_input_default_matches_its_type(declared, ok):
         parse_document(data)
     else:
         (issue,) = issues_of(data)
-        assert issue.startswith("spec.inputs.extra: default ") and "is not of type" in issue
+        assert issue.startswith("spec.inputs.extra.default: default ") and "is not of type" in issue
 
 
 def test_agent_tool_resources_name_its_tools():
@@ -350,7 +505,7 @@ def test_agent_tool_resources_name_its_tools():
     assert document.node("x").tool_resources["shell"].memory == "4Gi"
     fields = AGENT | {"toolResources": {"python": {"memory": "4Gi"}}}
     (issue,) = issues_of(graph(nodes=[node("x", **fields)], outputs={}))
-    assert issue == "spec.nodes[0]: toolResources names tools not in tools: python"
+    assert issue == "spec.nodes[0].toolResources.python: 'python' is not in tools"
 
 
 def test_policy_names_get_a_readable_hint():
@@ -367,3 +522,15 @@ def test_rented_pool_cannot_take_a_purchase_price():
     assert issues_of(data) == [
         "spec.pools[0].purchasePrice: purchasePrice applies to owned pools only"
     ]
+
+
+def test_an_explicit_null_default_round_trips_as_optional():
+    data = graph(inputs={"question": {}, "style": {"default": None}})
+    document = parse_document(data)
+    again = AgentGraph.from_yaml(document.to_yaml())
+    assert again == document and not again.spec.inputs["style"].required
+    assert again.to_dict()["spec"]["inputs"]["style"] == {"default": None}
+
+
+def test_node_types_are_those_of_the_node_models():
+    assert {"llm", "tool", "retrieve", "transform", "agent", "subgraph"} == NODE_TYPES

@@ -1,19 +1,20 @@
-"""Random edits of the example documents: the loader either accepts the result or rejects it with
-located issues; it never fails any other way."""
+"""Random edits of the example documents, as data and as YAML text: the loader either accepts the
+result or rejects it with located one-line issues; it never fails any other way."""
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hetagent.documents import known_ids
+from hetagent.documents import DocumentError, known_ids, load_file
 from hetagent.spec import SpecError, parse_document
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*/*.yaml"))
-DOCUMENTS = [yaml.safe_load(path.read_text()) for path in EXAMPLES]
+TEXTS = [path.read_text() for path in EXAMPLES]
+DOCUMENTS = [yaml.safe_load(text) for text in TEXTS]
 
 scalars = st.one_of(
     st.none(),
@@ -81,4 +82,43 @@ def test_mutated_examples_are_valid_or_rejected_with_paths(document):
 
 def test_the_examples_are_loaded():
     assert len(DOCUMENTS) >= 9, "expected the example agents and clusters"
-    pytest.importorskip("hypothesis")
+
+
+# YAML that has broken the loader before, or could: keys that are not strings, anchors and
+# aliases (recursive, merged), tags, references, and characters YAML treats specially.
+SNIPPETS = [
+    "{[1, 2]: x}", "? [a]\n: b\n", "{1: x}", "{null: x}", "&a ", "*a", "&a [*a]", "<<: *a\n",
+    "{<<: {k: 1}}", "!!binary x", "!!python/object:os.system x", "!!set {a}", "${", "$${",
+    "${inputs.question}", "${nodes.x.outputs.text.y}", "[", "]", "{", "}", ": ", "- ", "? ", "|",
+    ">", "'", '"', "#", "%YAML 1.1\n---\n", "---\n", "...\n", "\t", "\n", "  ", "\x00",
+    "\x07", "\x85", "\u2028", "\ufeff", "\U0001f600", "\\u0000", "\\x", ".inf", ".nan",
+    "true", "-0", "1e999", "9" * 40, "0x1f", "2001-12-14", "~", "512Mi", "500m", "nan",
+]  # fmt: skip
+
+
+@st.composite
+def mutated_texts(draw) -> str:
+    text = draw(st.sampled_from(TEXTS))
+    for _ in range(draw(st.integers(1, 4))):
+        start = draw(st.integers(0, len(text)))
+        end = draw(st.integers(start, min(len(text), start + 40)))
+        action = draw(st.sampled_from(["insert", "replace", "delete"]))
+        new = draw(st.sampled_from(SNIPPETS) | st.text(max_size=6)) if action != "delete" else ""
+        text = text[:start] + new + text[start if action == "insert" else end :]
+    return text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_texts())
+def test_mutated_example_texts_are_valid_or_rejected_on_located_single_lines(text):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "mutated.yaml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            load_file(path)
+        except DocumentError as error:
+            assert error.issues
+            for issue in error.issues:
+                assert len(str(issue).splitlines()) == 1, str(issue)
+                assert issue.issue.message
+                assert issue.line or issue.issue.path, str(issue)
