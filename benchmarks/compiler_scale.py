@@ -87,12 +87,13 @@ def round_robin_placement(module) -> Placement:
     return Placement(POOLS, assignment)
 
 
-def run_once(graph: AgentGraph) -> dict[str, float]:
+def run_once(graph: AgentGraph) -> tuple[dict[str, float], int]:
+    """Seconds per stage, and how many operators the plan has."""
     with paused_gc():  # as hetagent.compiler.lower and compile_plan run
         return _stages(graph)
 
 
-def _stages(graph: AgentGraph) -> dict[str, float]:
+def _stages(graph: AgentGraph) -> tuple[dict[str, float], int]:
     ctx = make_context()
     times: dict[str, float] = {}
 
@@ -109,7 +110,7 @@ def _stages(graph: AgentGraph) -> dict[str, float]:
     timed("materialize-transfers", lambda: MaterializeTransfers().apply(ctx, module))
     timed("cluster-by-device", lambda: ClusterByDevice().apply(ctx, module))
     timed("emit", lambda: emit_plan(module, graph))
-    return times
+    return times, sum(1 for _ in module.walk())
 
 
 def main() -> None:
@@ -121,7 +122,8 @@ def main() -> None:
     results = []
     for steps in args.nodes:
         graph = synthetic_graph(steps)
-        runs = [run_once(graph) for _ in range(args.runs)]
+        measured = [run_once(graph) for _ in range(args.runs)]
+        runs, operators = [times for times, _ in measured], measured[0][1]
         stages = {stage: statistics.median(r[stage] for r in runs) for stage in runs[0]}
         total = statistics.median(sum(r.values()) for r in runs)
         results.append(
@@ -134,7 +136,10 @@ def main() -> None:
         )
         if not args.json:
             detail = "  ".join(f"{k} {v:.3f}" for k, v in stages.items())
-            print(f"{steps:>6} steps: {total:.3f} s total (median of {args.runs})  {detail}")
+            print(
+                f"{steps:>6} steps ({operators} operators): {total:.3f} s total "
+                f"(median of {args.runs})  {detail}"
+            )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     if args.json:
