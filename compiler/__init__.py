@@ -20,7 +20,8 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.printer import Printer
 
 from hetagent.compiler.emit import ExecutablePlan, emit_plan
-from hetagent.compiler.frontend import CompileError, build_module
+from hetagent.compiler.errors import CompileError
+from hetagent.compiler.frontend import build_module
 from hetagent.compiler.passes import (
     AssignAffinity,
     ClusterByDevice,
@@ -58,15 +59,21 @@ def lower(
     """The module of a graph at a level of the pipeline (`placed` needs a placement).
 
     With `verify`, the module is verified after every pass (what the CLI and tests do)."""
-    passes = [] if level == "agent" else [LowerAgentToOps()]
-    if level == "placed":
-        if placement is None:
-            raise CompileError("placing the operators needs a placement (a cluster)")
-        passes += [AssignAffinity(placement), MaterializeTransfers(), ClusterByDevice()]
+    if level == "placed" and placement is None:
+        raise CompileError("placing the operators needs a placement (a cluster)")
     with paused_gc():
         module = build_module(graph)
         if verify:
             module.verify()
+        if level != "agent":
+            run_passes(module, [LowerAgentToOps()], verify=verify)
+    return module if level != "placed" else place(module, placement, verify=verify)
+
+
+def place(module: ModuleOp, placement: Placement, *, verify: bool = True) -> ModuleOp:
+    """Apply a placement to a lowered module: affinities, transfers, stages."""
+    with paused_gc():
+        passes = [AssignAffinity(placement), MaterializeTransfers(), ClusterByDevice()]
         run_passes(module, passes, verify=verify)
     return module
 
@@ -90,7 +97,9 @@ __all__ = [
     "ExecutablePlan",
     "Placement",
     "compile_plan",
+    "emit_plan",
     "lower",
     "paused_gc",
+    "place",
     "print_generic",
 ]

@@ -5,8 +5,11 @@ outputs what it returns. Each step becomes one `agent` op whose operands are wha
 (references and `dependsOn` alike), so fan-out stays parallel: independent steps share no edge.
 An `agent` step (a ReAct loop) becomes an `scf.while`: the `before` region is one model turn and
 decides whether to go on (`agent.continue`), the `after` region runs the chosen tool and appends
-its observation. A `subgraph` step is a `func.call` of the referenced graph's function.
+its observation. A `subgraph` step is inlined: its steps join the graph under ids prefixed with
+the step's name (`research/write`), so placement and transfers see one dataflow graph.
 
+Every op that provides a step's output is marked (`agent.provides`), and every op that renders a
+template names it (`template`: the document path of the text), so the plan can bind them.
 Token counts not given as hints are estimated here (about 4 characters a token, plus what the
 referenced steps are expected to produce); the planner turns them into work.
 """
@@ -15,13 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 from xdsl.dialects import arith, func, scf
 from xdsl.dialects.builtin import ModuleOp, i1, i64
-from xdsl.ir import Block, Region, SSAValue
+from xdsl.ir import Block, Operation, Region, SSAValue
 
 from hetagent.compiler.dialects.agent import (
+    LOOP_EXPECTED_TURNS,
+    LOOP_ID,
+    LOOP_MAX_TURNS,
+    LOOP_NODE,
+    LOOP_P95_TURNS,
+    PROVIDES,
     TEXT,
     VALUE,
     ContinueOp,
@@ -31,6 +41,7 @@ from hetagent.compiler.dialects.agent import (
     TransformOp,
 )
 from hetagent.compiler.dialects.base import to_attr
+from hetagent.compiler.errors import CompileError
 from hetagent.spec import (
     AgentGraph,
     AgentNode,
@@ -42,100 +53,120 @@ from hetagent.spec import (
     ToolNode,
     TransformNode,
     cpu_cores,
+    format_path,
     memory_bytes,
     parse_references,
 )
 
 CHARS_PER_TOKEN = 4  # a common rule of thumb for English text with BPE tokenizers
-
-# Discardable attributes on upstream ops (scf.while, func.func) that carry agent data.
-LOOP_ATTRS = (
-    "agent.id",
-    "agent.node",
-    "agent.max_turns",
-    "agent.p95_turns",
-    "agent.expected_turns",
-)
-
-
-class CompileError(ValueError):
-    """The graph cannot be compiled (a user-fixable problem, e.g. an unresolved subgraph)."""
+SUBGRAPH_SEPARATOR = "/"  # node names cannot contain it, so prefixed ids never collide
 
 
 def build_module(graph: AgentGraph) -> ModuleOp:
-    """The `agent`-level module of a graph (and of every subgraph it calls)."""
-    functions: dict[str, func.FuncOp] = {}
-    _FunctionBuilder(graph, "", functions).build()
-    return ModuleOp(list(functions.values()))
+    """The `agent`-level module of a graph (subgraphs inlined)."""
+    spec = graph.spec
+    block = Block(arg_types=[_input_type(declared.type) for declared in spec.inputs.values()])
+    builder = _GraphBuilder(
+        graph, "", block, values=dict(zip(spec.inputs, block.args, strict=True))
+    )
+    outputs = builder.emit_graph()
+    block.add_op(func.ReturnOp(*outputs.values()))
+    function = func.FuncOp(
+        graph.metadata.name,
+        (list(block.arg_types), [o.type for o in outputs.values()]),
+        Region(block),
+    )
+    function.attributes["agent.inputs"] = to_attr(list(spec.inputs))
+    function.attributes["agent.outputs"] = to_attr(list(outputs))
+    return ModuleOp([function])
 
 
-def is_react_loop(op: object) -> bool:
-    return isinstance(op, scf.WhileOp) and "agent.node" in op.attributes
+def _input_type(declared: str):
+    return TEXT if declared == "string" else VALUE
+
+
+def _add(block: Block, op: Operation) -> Operation:
+    """Append an op to a block and return it (cheaper than a Builder for whole graphs)."""
+    block.add_op(op)
+    return op
+
+
+def _provide(op: Operation, *keys: tuple[str, int]) -> None:
+    """Mark `op` as providing references (`nodes.a.outputs.text`) with its result `index`."""
+    existing = op.attributes.get(PROVIDES)
+    entries = [] if existing is None else [e.data for e in existing.data]
+    op.attributes[PROVIDES] = to_attr(entries + [f"{key}={index}" for key, index in keys])
 
 
 @dataclass
-class _FunctionBuilder:
+class _GraphBuilder:
+    """Emits one graph's steps into `block`; a subgraph gets its own builder on the same block."""
+
     graph: AgentGraph
-    prefix: str  # op ids of a subgraph's function start with "<function>/"
-    functions: dict[str, func.FuncOp]
-    values: dict[tuple[str, str], SSAValue] = field(default_factory=dict)  # (scope, name) -> value
+    prefix: str  # "" for the top graph, "research/" for the steps of subgraph node `research`
+    block: Block
+    values: dict[str, SSAValue]  # input name -> value
+    after: list[SSAValue] = field(default_factory=list)  # the subgraph step's `dependsOn`
+    outputs_of: dict[str, dict[str, SSAValue]] = field(default_factory=dict)  # node -> output
     expected_tokens: dict[str, int] = field(default_factory=dict)  # node -> output tokens
 
-    def build(self) -> str:
-        name = self.graph.metadata.name
-        spec = self.graph.spec
-        arg_types = [TEXT if i.type == "string" else VALUE for i in spec.inputs.values()]
-        block = Block(arg_types=arg_types)
-        for input_name, arg in zip(spec.inputs, block.args, strict=True):
-            self.values[("inputs", input_name)] = arg
-        for node in self._topological_nodes():
-            self._emit(block, node)
-        outputs = [
-            self._template(block, f"outputs.{key}", "outputs", [text])
-            for key, text in spec.outputs.items()
-        ]
-        _add(block, func.ReturnOp(*outputs))
-        function = func.FuncOp(
-            name,
-            (arg_types, [o.type for o in outputs]),
-            Region(block),
-            visibility="private" if self.prefix else None,
-        )
-        function.attributes["agent.inputs"] = to_attr(list(spec.inputs))
-        function.attributes["agent.outputs"] = to_attr(list(spec.outputs))
-        self.functions[name] = function
-        return name
+    def emit_graph(self) -> dict[str, SSAValue]:
+        """Emit every step, then return the graph's outputs by name."""
+        for index, node in self._topological_nodes():
+            self._emit(index, node)
+        return {
+            key: self._template(f"output:{key}", "", ("spec", "outputs", key), text)
+            for key, text in self.graph.spec.outputs.items()
+        }
 
-    def _topological_nodes(self):
+    def _topological_nodes(self) -> list[tuple[int, Any]]:
         """Steps in dependency order; among ready steps, in the order the document lists them."""
-        by_name = {node.name: node for node in self.graph.spec.nodes}
-        order = {name: i for i, name in enumerate(by_name)}
+        nodes = self.graph.spec.nodes
+        order = {node.name: i for i, node in enumerate(nodes)}
         names = nx.lexicographical_topological_sort(self.graph.dag(), key=order.__getitem__)
-        return [by_name[name] for name in names]
+        return [(order[name], nodes[order[name]]) for name in names]
 
     def _id(self, *parts: str) -> str:
-        return self.prefix + ".".join(parts)
+        return self.prefix + ".".join(part for part in parts if part)
+
+    def _node(self, name: str) -> str:
+        return self.prefix + name
+
+    def _template_path(self, loc: tuple) -> str:
+        """Where a template's text is: the document (by subgraph prefix) and the path in it."""
+        return self.prefix + format_path(loc)
 
     # -- operands and estimates ----------------------------------------------------------------
 
     def _operands(self, texts: Iterable[str], depends_on: Iterable[str] = ()) -> list[SSAValue]:
-        """The values a step reads: referenced inputs and node outputs, then `dependsOn` nodes."""
-        keys: dict[tuple[str, str], None] = {}
+        """What a step reads: referenced inputs and node outputs, then its `dependsOn` steps;
+        a step that reads nothing waits for what the enclosing subgraph step depends on."""
+        found: dict[int, SSAValue] = {}
         for text in texts:
             for ref in parse_references(text):
                 if isinstance(ref, Reference):
-                    output = ref.output if ref.scope == "nodes" else None
-                    keys[(ref.scope, ref.name if output is None else f"{ref.name}.{output}")] = None
+                    value = self._reference(ref)
+                    found.setdefault(id(value), value)
         for dep in depends_on:
-            if not any(scope == "nodes" and key.split(".")[0] == dep for scope, key in keys):
-                keys[("nodes", f"{dep}.text")] = None
-        return [self._value(scope, key) for scope, key in keys]
+            if not any(self._reads_node(value, dep) for value in found.values()):
+                for value in self._completion(dep):
+                    found.setdefault(id(value), value)
+        return list(found.values()) or list(self.after)
 
-    def _value(self, scope: str, key: str) -> SSAValue:
-        if scope == "inputs":
-            return self.values[("inputs", key)]
-        node = key.split(".", 1)[0]
-        return self.values.get(("nodes", key)) or self.values[("nodes", f"{node}.*")]
+    def _reference(self, ref: Reference) -> SSAValue:
+        if ref.scope == "inputs":
+            return self.values[ref.name]
+        outputs = self.outputs_of[ref.name]
+        return outputs.get(ref.output) or outputs["*"]
+
+    def _reads_node(self, value: SSAValue, node: str) -> bool:
+        return any(v is value for v in self.outputs_of.get(node, {}).values())
+
+    def _completion(self, node: str) -> list[SSAValue]:
+        """Values that exist once a step has finished: its result, or (a subgraph without
+        outputs) the results of all its steps."""
+        outputs = self.outputs_of[node]
+        return [outputs["*"]] if "*" in outputs else list(outputs.values())
 
     def _estimate_tokens(self, texts: Iterable[str]) -> int:
         """Prompt tokens: the literal text plus the referenced steps' expected output."""
@@ -149,124 +180,124 @@ class _FunctionBuilder:
 
     # -- one step ----------------------------------------------------------------------------
 
-    def _emit(self, block: Block, node) -> None:
+    def _emit(self, index: int, node) -> None:
         texts = [text for _, text in node.templated_fields()]
-        operands = self._operands(texts, node.depends_on)
-        op_id = self._id(node.name)
+        inputs = self._operands(texts, node.depends_on)
+        common = {"id": self._id(node.name), "node": self._node(node.name)}
         model_of = {key: ref.id for key, ref in self.graph.spec.models.items()}
+        reference = f"nodes.{self._node(node.name)}.outputs"
         if isinstance(node, LlmNode):
             output_tokens = node.expected_output_tokens or node.max_tokens
             op = _add(
-                block,
+                self.block,
                 LlmOp.make(
-                    inputs=operands,
-                    result_types=[TEXT],
-                    id=op_id,
-                    node=node.name,
+                    [TEXT],
+                    inputs=inputs,
                     model=model_of[node.model],
                     input_tokens=node.expected_input_tokens or self._estimate_tokens(texts),
                     output_tokens=output_tokens,
                     max_tokens=node.max_tokens,
+                    **common,
                 ),
             )
             self.expected_tokens[node.name] = output_tokens
-            self.values[("nodes", f"{node.name}.*")] = op.results[0]
         elif isinstance(node, ToolNode):
             op = _add(
-                block,
+                self.block,
                 ToolOp.make(
-                    inputs=operands,
-                    result_types=[VALUE],
-                    id=op_id,
-                    node=node.name,
+                    [VALUE],
+                    inputs=inputs,
                     tools=[node.tool],
                     expected_seconds=node.expected_duration_seconds,
                     **_resources([node.resources]),
+                    **common,
                 ),
             )
-            self.values[("nodes", f"{node.name}.*")] = op.results[0]
         elif isinstance(node, RetrieveNode):
-            index = self.graph.spec.indexes[node.index]
+            index_spec = self.graph.spec.indexes[node.index]
             op = _add(
-                block,
+                self.block,
                 RetrieveOp.make(
-                    inputs=operands,
-                    result_types=[VALUE],
-                    id=op_id,
-                    node=node.name,
+                    [VALUE],
+                    inputs=inputs,
                     index=node.index,
-                    embedding_model=model_of[index.embedding_model],
+                    embedding_model=model_of[index_spec.embedding_model],
                     k=node.k,
                     query_tokens=self._estimate_tokens([node.query]),
+                    **common,
                 ),
             )
-            self.expected_tokens[node.name] = node.k * index.chunk_tokens
-            self.values[("nodes", f"{node.name}.*")] = op.results[0]
+            self.expected_tokens[node.name] = node.k * index_spec.chunk_tokens
         elif isinstance(node, TransformNode):
-            if node.template is not None:
+            location = ("spec", "nodes", index, "template" if node.parse is None else "parse")
+            if node.parse is None:
                 op = _add(
-                    block,
+                    self.block,
                     TransformOp.make(
-                        inputs=operands,
-                        result_types=[TEXT],
-                        id=op_id,
-                        node=node.name,
+                        [TEXT],
+                        inputs=inputs,
                         kind="template",
+                        template=self._template_path(location),
+                        **common,
                     ),
                 )
                 self.expected_tokens[node.name] = self._estimate_tokens([node.template])
             else:
                 op = _add(
-                    block,
+                    self.block,
                     TransformOp.make(
-                        inputs=operands,
-                        result_types=[VALUE],
-                        id=op_id,
-                        node=node.name,
+                        [VALUE],
+                        inputs=inputs,
                         kind="parse",
                         format=node.parse.format,
+                        pattern=node.parse.pattern,
+                        template=self._template_path(location),
+                        **common,
                     ),
                 )
-            self.values[("nodes", f"{node.name}.*")] = op.results[0]
         elif isinstance(node, AgentNode):
-            self._emit_loop(block, node, operands, model_of[node.model])
+            self._emit_loop(index, node, inputs, model_of[node.model])
+            return
         else:
-            assert isinstance(node, SubgraphNode)
-            self._emit_call(block, node)
+            self._emit_subgraph(index, node)
+            return
+        _provide(op, *((f"{reference}.{output}", 0) for output in sorted(node.outputs)))
+        self.outputs_of[node.name] = {"*": op.results[0]}
 
-    def _emit_loop(
-        self, block: Block, node: AgentNode, operands: list[SSAValue], model: str
-    ) -> None:
-        """A ReAct loop: (history, turn) -> one turn -> tool call -> (history', turn + 1)."""
-        name = node.name
+    def _emit_loop(self, index: int, node: AgentNode, inputs: list[SSAValue], model: str) -> None:
+        """A ReAct loop over (history, turn): one model turn; if it calls a tool and turns
+        remain, run the tool, append the observation, and go on with turn + 1. `turn` counts
+        model turns from 1, so the loop's `turns` output is how many turns it took."""
+        name, block = node.name, self.block
+        common = {"node": self._node(name)}
         prompt = _add(
             block,
             TransformOp.make(
-                inputs=operands,
-                result_types=[TEXT],
-                id=self._id(name, "prompt"),
-                node=name,
+                [TEXT],
+                inputs=inputs,
                 kind="template",
+                id=self._id(name, "prompt"),
+                template=self._template_path(("spec", "nodes", index, "prompt")),
+                **common,
             ),
         )
-        zero = _add(block, arith.ConstantOp.from_int_and_width(0, i64))
-        text, turn_type = TEXT, i64
+        first_turn = _add(block, arith.ConstantOp.from_int_and_width(1, i64))
         output_tokens = node.expected_output_tokens or node.max_tokens
 
-        before = Block(arg_types=[text, turn_type])
+        before = Block(arg_types=[TEXT, i64])
         history, turn = before.args
         reply = _add(
             before,
             LlmOp.make(
+                [TEXT],
                 inputs=[history],
-                result_types=[text],
                 id=self._id(name, "turn"),
-                node=name,
                 model=model,
                 input_tokens=node.expected_input_tokens
                 or self._estimate_tokens([node.instructions, node.prompt]),
                 output_tokens=output_tokens,
                 max_tokens=node.max_tokens,
+                **common,
             ),
         ).results[0]
         more = _add(
@@ -275,123 +306,151 @@ class _FunctionBuilder:
                 [reply, turn],
                 [i1],
                 id=self._id(name, "continue"),
-                node=name,
                 max_turns=node.max_turns,
+                **common,
             ),
         ).results[0]
-        _add(before, scf.ConditionOp(more, reply, turn, history))
+        before.add_op(scf.ConditionOp(more, reply, turn, history))
 
-        after = Block(arg_types=[text, turn_type, text])
+        after = Block(arg_types=[TEXT, i64, TEXT])
         reply_in, turn_in, history_in = after.args
         seconds = node.expected_tool_seconds
         observation = _add(
             after,
             ToolOp.make(
+                [VALUE],
                 inputs=[reply_in],
-                result_types=[VALUE],
                 id=self._id(name, "tool"),
-                node=name,
                 tools=node.tools,
                 expected_seconds=sum(seconds.values()) / len(seconds) if seconds else None,
                 **_resources([node.resources, *node.tool_resources.values()]),
+                **common,
             ),
         ).results[0]
         next_history = _add(
             after,
             TransformOp.make(
+                [TEXT],
                 inputs=[history_in, reply_in, observation],
-                result_types=[text],
                 id=self._id(name, "observe"),
-                node=name,
                 kind="template",
+                template="observation",
+                **common,
             ),
         ).results[0]
         one = _add(after, arith.ConstantOp.from_int_and_width(1, i64))
-        next_turn = _add(after, arith.AddiOp(turn_in, one)).result
-        _add(after, scf.YieldOp(next_history, next_turn))
+        after.add_op(scf.YieldOp(next_history, _add(after, arith.AddiOp(turn_in, one)).result))
 
         loop = _add(
             block,
             scf.WhileOp(
-                [prompt.results[0], zero.result], [text, turn_type, text], [before], [after]
+                [prompt.results[0], first_turn.result], [TEXT, i64, TEXT], [before], [after]
             ),
         )
         loop_data = {
-            "agent.id": self._id(name),
-            "agent.node": name,
-            "agent.max_turns": node.max_turns,
-            "agent.p95_turns": node.p95_turns or node.max_turns,
-            "agent.expected_turns": float(node.expected_turns or node.p95_turns or node.max_turns),
+            LOOP_ID: self._id(name),
+            LOOP_NODE: self._node(name),
+            LOOP_MAX_TURNS: node.max_turns,
+            LOOP_P95_TURNS: node.p95_turns or node.max_turns,
+            LOOP_EXPECTED_TURNS: float(node.expected_turns or node.p95_turns or node.max_turns),
         }
         loop.attributes.update({key: to_attr(value) for key, value in loop_data.items()})
-        self.values[("nodes", f"{name}.text")] = loop.results[0]
-        self.values[("nodes", f"{name}.turns")] = loop.results[1]
-        self.values[("nodes", f"{name}.*")] = loop.results[0]
+        reference = f"nodes.{self._node(name)}.outputs"
+        _provide(loop, (f"{reference}.text", 0), (f"{reference}.turns", 1))
+        self.outputs_of[name] = {
+            "*": loop.results[0],
+            "text": loop.results[0],
+            "turns": loop.results[1],
+        }
         self.expected_tokens[name] = output_tokens
 
-    def _emit_call(self, block: Block, node: SubgraphNode) -> None:
+    def _emit_subgraph(self, index: int, node: SubgraphNode) -> None:
+        """Inline the referenced graph: its inputs are rendered from this step's `inputs`."""
         child = self.graph.subgraphs.get(node.name)
         if child is None:
             raise CompileError(
                 f"subgraph node {node.name!r}: its file {node.ref!r} is not loaded; "
                 "load the graph with hetagent.load(path) so subgraphs resolve"
             )
-        callee = child.metadata.name
-        if callee not in self.functions:
-            _FunctionBuilder(child, f"{callee}/", self.functions).build()
-        arguments = []
+        prefix = self._node(node.name) + SUBGRAPH_SEPARATOR
+        after = self._operands([], node.depends_on) if node.depends_on else list(self.after)
+        child_inputs = {}
         for key, declared in child.spec.inputs.items():
             value = node.inputs.get(key, declared.default)
-            text = value if isinstance(value, str) else ""
-            arguments.append(
-                self._template(
-                    block,
-                    self._id(node.name, "input", key),
-                    node.name,
-                    [text],
-                    depends_on=node.depends_on,
-                )
+            child_inputs[key] = self._argument(
+                node.name, index, key, value, _input_type(declared.type), after
             )
-        function = self.functions[callee]
-        call = _add(block, func.CallOp(callee, arguments, function.function_type.outputs.data))
-        call.attributes["agent.id"] = to_attr(self._id(node.name))
-        call.attributes["agent.node"] = to_attr(node.name)
-        for key, result in zip(child.spec.outputs, call.results, strict=True):
-            self.values[("nodes", f"{node.name}.{key}")] = result
-        if call.results:
-            self.values[("nodes", f"{node.name}.*")] = call.results[0]
+        builder = _GraphBuilder(child, prefix, self.block, child_inputs, after=after)
+        outputs = builder.emit_graph()
+        reference = f"nodes.{self._node(node.name)}.outputs"
+        for key, value in outputs.items():
+            _provide(value.owner, (f"{reference}.{key}", value.index))
+        if outputs:
+            self.outputs_of[node.name] = {"*": next(iter(outputs.values()))} | outputs
+        else:
+            steps = builder.outputs_of.values()
+            self.outputs_of[node.name] = {
+                f"step{i}": value for i, value in enumerate(v for o in steps for v in o.values())
+            }
 
-    def _template(
-        self, block: Block, op_id: str, node: str, texts: list[str], depends_on=()
+    def _argument(
+        self, name: str, index: int, key: str, value: Any, kind, after: list[SSAValue]
     ) -> SSAValue:
-        """A value for a template: the referenced value itself when it is exactly one reference."""
-        text = texts[0]
+        """A subgraph input's value, rendered from the step's `inputs` entry (text, or JSON
+        parsed into a value), waiting for what the step depends on."""
+        location = ("spec", "nodes", index, "inputs", key)
+        texts = [text for _, text in _strings(value)]
+        op = _add(
+            self.block,
+            TransformOp.make(
+                [kind],
+                inputs=self._operands(texts) if texts else after,
+                kind="template" if kind is TEXT else "parse",
+                format=None if kind is TEXT else "json",
+                id=self._id(name, "input", key),
+                node=self._node(name),
+                template=self._template_path(location),
+            ),
+        )
+        return op.results[0]
+
+    def _template(self, op_id: str, node: str, location: tuple, text: str) -> SSAValue:
+        """A value for a graph output: the referenced value itself when it is exactly one
+        reference (of the top graph: a subgraph's outputs get their own op, which provides
+        the subgraph step's output), else a rendered template."""
         refs = list(parse_references(text))
         if (
-            len(refs) == 1
+            not self.prefix
+            and len(refs) == 1
             and isinstance(refs[0], Reference)
             and not refs[0].field_path
             and text.strip() == _placeholder(refs[0])
-            and not depends_on
         ):
-            return self._operands([text])[0]
+            return self._reference(refs[0])
         op = _add(
-            block,
+            self.block,
             TransformOp.make(
-                inputs=self._operands(texts, depends_on),
-                result_types=[TEXT],
-                id=op_id,
-                node=node,
+                [TEXT],
+                inputs=self._operands([text]),
                 kind="template",
+                id=self._id(op_id),
+                node=self._node(node) if node else self.prefix.rstrip(SUBGRAPH_SEPARATOR),
+                template=self._template_path(location),
             ),
         )
         return op.results[0]
 
 
-def _add(block: Block, op):
-    """Append an op to a block and return it (cheaper than a Builder for whole graphs)."""
-    block.add_op(op)
-    return op
+def _strings(value: Any) -> Iterable[tuple[tuple, str]]:
+    """Every string in a (nested) value; a subgraph input may be a list or mapping."""
+    if isinstance(value, str):
+        yield (), value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 def _placeholder(ref: Reference) -> str:
@@ -410,4 +469,4 @@ def _resources(hints: list[ResourceHints | None]) -> dict[str, int | float | Non
     }
 
 
-__all__ = ["LOOP_ATTRS", "CompileError", "build_module", "is_react_loop"]
+__all__ = ["CompileError", "build_module"]

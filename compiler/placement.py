@@ -1,7 +1,7 @@
 """A placement: which pool each operator runs on. The planner computes one; the compiler applies it.
 
-Placement keys are op ids (`answer.prefill`, `lookup.search`). The KV bookkeeping ops
-(`kv.lease`, `kv.release`) and transfers need no entry: they follow the ops that use the cache.
+Placement keys are op ids (`answer.prefill`, `lookup.search`). Some ops need no entry because
+they go where the data they manage is (see `FOLLOWERS`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 from xdsl.dialects.builtin import ModuleOp
 
-from hetagent.compiler.dialects import data, kv, llm, retr
+from hetagent.compiler.dialects import agent, data, kv, llm, retr
 from hetagent.compiler.dialects.base import HetOp
 
-# Ops placed by following the cache they manage, not by the placement's mapping.
-FOLLOWERS = (kv.LeaseOp, kv.ReleaseOp, kv.TransferOp, data.TransferOp)
+# Ops that follow their data: a KV lease and release go where the cache is held, a loop's
+# `agent.continue` where its reply was produced, transfers where they deliver.
+FOLLOWERS = (kv.LeaseOp, kv.ReleaseOp, kv.TransferOp, data.TransferOp, agent.ContinueOp)
 # Ops that run a model: on an accelerator if the cluster has one.
 MODEL_OPS = (llm.TokenizeOp, llm.PrefillOp, llm.DecodeOp, llm.DetokenizeOp, retr.EmbedOp)
 
@@ -33,12 +34,6 @@ class Placement:
 
     pools: tuple[Pool, ...]
     assignment: Mapping[str, str] = field(default_factory=dict)
-
-    def pool(self, name: str) -> Pool:
-        for pool in self.pools:
-            if pool.name == name:
-                return pool
-        raise KeyError(name)
 
 
 def placed_ops(module: ModuleOp) -> Iterator[HetOp]:

@@ -127,7 +127,7 @@ def compile(
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file."),
 ) -> None:
     """Lower an agent through the compiler; print MLIR (or the executable plan as JSON)."""
-    from hetagent.compiler import CompileError, compile_plan, lower, print_generic
+    from hetagent.compiler import CompileError, emit_plan, lower, place, print_generic
     from hetagent.compiler.placement import Pool, trivial_placement
 
     levels = ("agent", "ops", "placed", "plan")
@@ -136,21 +136,21 @@ def compile(
     if emit in ("placed", "plan") and cluster is None:
         raise _fail(f"--emit {emit} places operators on pools: give --cluster CLUSTER.yaml")
     graph = _load(agent, AgentGraph)
+    spec = _load(cluster, Cluster).spec if cluster is not None else None
     try:
-        placement = None
-        if cluster is not None:
-            spec = _load(cluster, Cluster).spec
+        module = lower(graph, "agent" if emit == "agent" else "ops")
+        if emit in ("placed", "plan"):
             devices = known_ids().devices
             pools = tuple(Pool(p.name, p.device, p.count) for p in spec.pools)
             accelerators = {p.name for p in spec.pools if devices[p.device].kind != "cpu"}
             # Until the planner lands (issue 4), a trivial placement stands in for it.
-            placement = trivial_placement(lower(graph, "ops"), pools, accelerators)
-        if emit == "plan":
-            text = compile_plan(graph, placement).model_dump_json(indent=2) + "\n"
-        else:
-            text = print_generic(lower(graph, emit, placement))
+            place(module, trivial_placement(module, pools, accelerators))
     except CompileError as error:
         raise _fail(f"{agent}: {error}") from None
+    if emit == "plan":
+        text = emit_plan(module, graph).model_dump_json(indent=2) + "\n"
+    else:
+        text = print_generic(module)
     if output is None:
         typer.echo(text, nl=False)
     else:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from functools import cache
 from typing import Any, ClassVar, Self
 
+from xdsl.dialects import scf
 from xdsl.dialects.builtin import (
     ArrayAttr,
     DenseArrayBase,
@@ -52,6 +53,32 @@ class ValueType(ParametrizedAttribute, TypeAttribute):
 TEXT = TextType()  # parameterless types: one instance each (building one is not cheap)
 VALUE = ValueType()
 
+# A ReAct loop is an `scf.while` carrying these discardable attributes.
+LOOP_ID, LOOP_NODE = "agent.id", "agent.node"
+LOOP_MAX_TURNS, LOOP_P95_TURNS, LOOP_EXPECTED_TURNS = (
+    "agent.max_turns",
+    "agent.p95_turns",
+    "agent.expected_turns",
+)
+# Which references (`nodes.answer.outputs.text`) an op's results provide: "<reference>=<result>".
+# Lowering moves it to the op that then holds the step's result, so the plan can bind templates.
+PROVIDES = "agent.provides"
+
+
+def is_react_loop(op: object) -> bool:
+    return isinstance(op, scf.WhileOp) and LOOP_NODE in op.attributes
+
+
+def check_tool_call(op: HetOp) -> None:
+    """What `agent.tool` and `tool.exec` both require."""
+    if not op.attributes["tools"].data:
+        raise VerifyException(f"{op.name} {op.attr('id')!r}: tools is empty")
+    if (op.attr("expected_seconds") or 0) < 0:
+        raise VerifyException(f"{op.name} {op.attr('id')!r}: expected_seconds is negative")
+    cpu = op.attr("cpu")
+    if cpu is not None and cpu <= 0:
+        raise VerifyException(f"{op.name} {op.attr('id')!r}: cpu must be positive")
+
 
 class InputsOp(HetOp):
     """An op that reads the values of the steps it depends on.
@@ -67,13 +94,12 @@ class InputsOp(HetOp):
     @classmethod
     def make(
         cls,
-        operands: Sequence[SSAValue | Sequence[SSAValue] | None] = (),
         result_types: Sequence[Attribute] = (),
         *,
         inputs: Iterable[SSAValue] = (),
         **attributes: Any,
     ) -> Self:
-        """Like `HetOp.make`, with `inputs` (any order) sorted into the groups."""
+        """Build the op from its inputs (any order: they are sorted into the groups)."""
         groups: tuple[list[SSAValue], ...] = ([], [], [])
         for value in inputs:
             for group, kind in zip(groups, (TextType, ValueType, type(i64)), strict=True):
@@ -82,10 +108,8 @@ class InputsOp(HetOp):
                     break
             else:
                 raise TypeError(f"{cls.name}: cannot read a value of type {value.type}")
-        sizes = _segment_sizes(tuple(len(group) for group in groups) + (0,) * len(operands))
-        return super().make(
-            [*groups, *operands], result_types, operandSegmentSizes=sizes, **attributes
-        )
+        sizes = _segment_sizes(tuple(len(group) for group in groups))
+        return super().make(groups, result_types, operandSegmentSizes=sizes, **attributes)
 
     @property
     def inputs(self) -> tuple[SSAValue, ...]:
@@ -130,8 +154,7 @@ class ToolOp(InputsOp):
     result = result_def(ValueType)
 
     def check(self) -> None:
-        if not self.tools.data:
-            raise VerifyException(f"agent.tool {self.attr('id')!r}: tools is empty")
+        check_tool_call(self)
 
 
 @irdl_op_definition
@@ -156,6 +179,8 @@ class TransformOp(InputsOp):
 
     kind = attr_def(StringAttr)
     format = opt_attr_def(StringAttr)
+    pattern = opt_attr_def(StringAttr)
+    template = attr_def(StringAttr)  # where the text is: `spec.nodes[3].template`, `observation`
     result = result_def()
 
     def check(self) -> None:
@@ -175,7 +200,8 @@ class TransformOp(InputsOp):
 
 @irdl_op_definition
 class ContinueOp(HetOp):
-    """A ReAct loop's condition: the turn's reply calls a tool and turns remain."""
+    """A ReAct loop's condition: the reply of model turn `turn` (counted from 1) calls a tool,
+    and `turn < max_turns`, so a next turn may follow the tool call."""
 
     name = "agent.continue"
     POSITIVE: ClassVar[tuple[str, ...]] = ("max_turns",)

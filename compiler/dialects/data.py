@@ -13,6 +13,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from hetagent.compiler.dialects.agent import InputsOp, TextType, ValueType
 from hetagent.compiler.dialects.base import HetOp
+from hetagent.compiler.dialects.llm import KVType
 
 PARSE_FORMATS = ("json", "regex", "lines")
 
@@ -23,6 +24,7 @@ class TemplateOp(InputsOp):
 
     name = "data.template"
 
+    template = attr_def(StringAttr)  # where the text is: `spec.nodes[3].template`, `observation`
     text = result_def(TextType)
 
 
@@ -33,6 +35,8 @@ class ParseOp(InputsOp):
     name = "data.parse"
 
     format = attr_def(StringAttr)
+    pattern = opt_attr_def(StringAttr)
+    template = attr_def(StringAttr)  # the document path of the parse spec
     value = result_def(ValueType)
 
     def check(self) -> None:
@@ -55,6 +59,10 @@ class TransferOp(HetOp):
     value = result_def()
 
     def check(self) -> None:
+        if isinstance(self.value_in.type, KVType):
+            raise VerifyException(
+                f"data.transfer {self.attr('id')!r}: a KV cache moves by kv.transfer"
+            )
         if self.value_in.type != self.value.type:
             raise VerifyException(
                 f"data.transfer {self.attr('id')!r}: result type differs from operand"

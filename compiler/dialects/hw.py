@@ -6,12 +6,18 @@ and the pools are declared in the module (`hw.pool`), so later passes and the pl
 from functools import cache
 
 from xdsl.dialects.builtin import IntegerAttr, StringAttr
-from xdsl.ir import Dialect, ParametrizedAttribute
+from xdsl.ir import Dialect, Operation, ParametrizedAttribute
 from xdsl.irdl import IRDLOperation, attr_def, irdl_attr_definition, irdl_op_definition
 from xdsl.utils.exceptions import VerifyException
 
 AFFINITY = "hw.affinity"  # the attribute that places an op
 STAGE = "hw.stage"  # the attribute cluster-by-device sets
+
+
+def pool_of(op: Operation | None) -> str | None:
+    """The pool an op was placed on, or None."""
+    attr = None if op is None else op.attributes.get(AFFINITY)
+    return None if attr is None else attr.pool.data
 
 
 @irdl_attr_definition

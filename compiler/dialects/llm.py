@@ -14,6 +14,7 @@ from xdsl.irdl import (
     opt_operand_def,
     result_def,
 )
+from xdsl.utils.exceptions import VerifyException
 
 from hetagent.compiler.dialects.agent import InputsOp, TextType
 from hetagent.compiler.dialects.base import HetOp, same_model
@@ -94,6 +95,8 @@ class DecodeOp(HetOp):
 
     def check(self) -> None:
         same_model(self, self.kv_in.type, self.out.type, self.kv.type)
+        if self.attr("tokens") > self.attr("max_tokens"):
+            raise VerifyException(f"llm.decode {self.attr('id')!r}: tokens exceeds max_tokens")
 
 
 @irdl_op_definition

@@ -5,9 +5,8 @@ from typing import ClassVar
 from xdsl.dialects.builtin import ArrayAttr, FloatAttr, IntegerAttr, StringAttr
 from xdsl.ir import Dialect
 from xdsl.irdl import attr_def, irdl_op_definition, opt_attr_def, result_def
-from xdsl.utils.exceptions import VerifyException
 
-from hetagent.compiler.dialects.agent import InputsOp, ValueType
+from hetagent.compiler.dialects.agent import InputsOp, ValueType, check_tool_call
 
 
 @irdl_op_definition
@@ -24,13 +23,7 @@ class ExecOp(InputsOp):
     result = result_def(ValueType)
 
     def check(self) -> None:
-        if not self.tools.data:
-            raise VerifyException(f"tool.exec {self.attr('id')!r}: tools is empty")
-        if (self.attr("expected_seconds") or 0) < 0:
-            raise VerifyException(f"tool.exec {self.attr('id')!r}: expected_seconds is negative")
-        cpu = self.attr("cpu")
-        if cpu is not None and cpu <= 0:
-            raise VerifyException(f"tool.exec {self.attr('id')!r}: cpu must be positive")
+        check_tool_call(self)
 
 
 Tool = Dialect("tool", [ExecOp], [])

@@ -4,29 +4,23 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import Operation
 from xdsl.passes import ModulePass
 
-from hetagent.compiler.dataflow import consumers, producer
-from hetagent.compiler.dialects import kv
+from hetagent.compiler.dataflow import producer
+from hetagent.compiler.dialects import agent, kv
 from hetagent.compiler.dialects.base import to_attr
-from hetagent.compiler.dialects.hw import AFFINITY, PoolOp, affinity
-from hetagent.compiler.frontend import CompileError
+from hetagent.compiler.dialects.hw import AFFINITY, PoolOp, affinity, pool_of
+from hetagent.compiler.errors import CompileError
 from hetagent.compiler.placement import Placement, placed_ops
-
-
-def pool_of(op: Operation | None) -> str | None:
-    """The pool an op was placed on, or None."""
-    attr = None if op is None else op.attributes.get(AFFINITY)
-    return None if attr is None else attr.pool.data
 
 
 @dataclass(frozen=True)
 class AssignAffinity(ModulePass):
     """Declares the placement's pools (`hw.pool`) and sets `hw.affinity` on every operator.
 
-    A `kv.lease` goes where its cache is first extended, a `kv.release` where the cache was
-    last produced."""
+    A loop's `kv.lease` goes where the cache stays between turns (the pool of the decode that
+    extends it last), a `kv.release` where the cache was last produced, an `agent.continue`
+    where its reply was produced."""
 
     name = "assign-affinity"
 
@@ -49,9 +43,13 @@ class AssignAffinity(ModulePass):
             raise CompileError(f"placement has no pool for: {', '.join(missing)}")
         for follower in op.walk():
             if isinstance(follower, kv.LeaseOp):
-                pool = next(filter(None, map(pool_of, consumers(follower.kv))), None)
+                (use,) = follower.kv.uses  # the loop's initial value of its carried cache
+                carried = use.operation.before_region.block.args[use.index]
+                pool = pool_of(producer(carried))
             elif isinstance(follower, kv.ReleaseOp):
                 pool = pool_of(producer(follower.kv))
+            elif isinstance(follower, agent.ContinueOp):
+                pool = pool_of(producer(follower.reply))
             else:
                 continue
             if pool is not None:
@@ -59,9 +57,10 @@ class AssignAffinity(ModulePass):
         declarations = [
             PoolOp(
                 attributes={
-                    key: to_attr(value) for key, value in vars(pool).items() if key != "name"
+                    "sym_name": to_attr(pool.name),
+                    "device": to_attr(pool.device),
+                    "count": to_attr(pool.count),
                 }
-                | {"sym_name": to_attr(pool.name)}
             )
             for pool in self.placement.pools
         ]

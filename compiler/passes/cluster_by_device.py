@@ -8,44 +8,40 @@ from xdsl.passes import ModulePass
 
 from hetagent.compiler.dialects import data, kv
 from hetagent.compiler.dialects.base import HetOp, to_attr
-from hetagent.compiler.dialects.hw import STAGE
-from hetagent.compiler.passes.assign_affinity import pool_of
+from hetagent.compiler.dialects.hw import STAGE, pool_of
+
+MOVES = (kv.TransferOp, data.TransferOp)
 
 
 @dataclass(frozen=True)
 class ClusterByDevice(ModulePass):
-    """Numbers stages (`hw.stage`): a stage is a connected group of operators of one block on
-    one pool, so it runs without leaving its device; transfers sit between stages."""
+    """Numbers stages (`hw.stage`): a stage is the operators of one block on one pool at one
+    level, where an operator's level is the number of pool changes on the longest path to it
+    within its block (a loop counts as a change). So every edge between stages goes forward and
+    stages form a DAG; the transfers between them belong to no stage."""
 
     name = "cluster-by-device"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        parent: dict[int, int] = {}
-
-        def find(key: int) -> int:
-            while parent[key] != key:
-                parent[key] = parent[parent[key]]
-                key = parent[key]
-            return key
-
-        staged = [
-            o
-            for o in op.walk()
-            if isinstance(o, HetOp)
-            and pool_of(o)
-            and not isinstance(o, kv.TransferOp | data.TransferOp)
-        ]
-        for o in staged:
-            parent[id(o)] = id(o)
-        for o in staged:
+        numbers: dict[tuple[int, str, int], int] = {}  # (block, pool, level) -> stage
+        levels: dict[int, dict[int, tuple[str, int]]] = {}  # block -> op -> (pool, level)
+        floors: dict[int, int] = {}  # block -> the level after its last loop
+        for o in op.walk():  # program order, entering loops where they stand
+            block = id(o.parent_block())
+            level = levels.setdefault(block, {})
+            if o.regions:  # a loop: what follows it in its block comes after all before it
+                floors[block] = max((lvl + 1 for _, lvl in level.values()), default=0)
+                continue
+            pool = pool_of(o)
+            if pool is None or not isinstance(o, HetOp) or isinstance(o, MOVES):
+                continue
+            here = floors.get(block, 0)
             for value in o.operands:
                 source = value.owner
-                if (
-                    id(source) in parent
-                    and source.parent is o.parent
-                    and pool_of(source) == pool_of(o)
-                ):
-                    parent[find(id(source))] = find(id(o))
-        numbers: dict[int, int] = {}
-        for o in staged:
-            o.attributes[STAGE] = to_attr(numbers.setdefault(find(id(o)), len(numbers)))
+                while isinstance(source, MOVES):  # look through transfers
+                    source = source.operands[0].owner
+                if id(source) in level:
+                    source_pool, source_level = level[id(source)]
+                    here = max(here, source_level + (source_pool != pool))
+            level[id(o)] = (pool, here)
+            o.attributes[STAGE] = to_attr(numbers.setdefault((block, pool, here), len(numbers)))

@@ -16,9 +16,16 @@ from xdsl.pattern_rewriter import (
 )
 
 from hetagent.compiler.dialects import data, kv, llm, retr, tool
-from hetagent.compiler.dialects.agent import LlmOp, RetrieveOp, ToolOp, TransformOp
+from hetagent.compiler.dialects.agent import (
+    LOOP_ID,
+    PROVIDES,
+    LlmOp,
+    RetrieveOp,
+    ToolOp,
+    TransformOp,
+    is_react_loop,
+)
 from hetagent.compiler.dialects.base import HetOp
-from hetagent.compiler.frontend import is_react_loop
 
 
 def _carried(op: HetOp, suffix: str, *keys: str) -> dict[str, object]:
@@ -33,29 +40,35 @@ def lower_llm_call(
 ) -> tuple[list[Operation], SSAValue, SSAValue]:
     """tokenize -> prefill (extending `prefix`) -> decode -> detokenize: (ops, text, kv)."""
     model = op.attr("model")
+    tokens, cache = llm.tokens_of(model), llm.kv_of(model)
     tokenize = llm.TokenizeOp.make(
-        inputs=op.inputs,
-        result_types=[llm.tokens_of(model)],
-        tokens=op.attr("input_tokens"),
-        **_carried(op, "tokenize", "model"),
+        [tokens], inputs=op.inputs, tokens=op.input_tokens, **_carried(op, "tokenize", "model")
     )
     prefill = llm.PrefillOp.make(
         [tokenize.results[0], prefix],
-        [llm.kv_of(model)],
-        tokens=op.attr("input_tokens"),
+        [cache],
+        tokens=op.input_tokens,
         **_carried(op, "prefill", "model"),
     )
     decode = llm.DecodeOp.make(
         [prefill.results[0]],
-        [llm.tokens_of(model), llm.kv_of(model)],
-        tokens=op.attr("output_tokens"),
+        [tokens, cache],
+        tokens=op.output_tokens,
         **_carried(op, "decode", "model", "max_tokens"),
     )
     detokenize = llm.DetokenizeOp.make(
         [decode.results[0]], [op.text.type], **_carried(op, "detokenize", "model")
     )
-    ops = [tokenize, prefill, decode, detokenize]
-    return ops, detokenize.results[0], decode.results[1]
+    return [tokenize, prefill, decode, detokenize], detokenize.results[0], decode.results[1]
+
+
+def replace_step(
+    rewriter: PatternRewriter, op: Operation, ops: list[Operation], result: SSAValue
+) -> None:
+    """Replace a step by its operators; the op that now holds its result provides its outputs."""
+    if PROVIDES in op.attributes:
+        result.owner.attributes[PROVIDES] = op.attributes[PROVIDES]
+    rewriter.replace(op, ops, [result])
 
 
 class LowerLlm(RewritePattern):
@@ -67,7 +80,7 @@ class LowerLlm(RewritePattern):
             return  # a turn of a ReAct loop: LowerReactLoop lowers it with the loop's lease
         ops, text, cache = lower_llm_call(op, prefix=None)
         release = kv.ReleaseOp.make([cache], **_carried(op, "release", "model"))
-        rewriter.replace(op, [*ops, release], [text])
+        replace_step(rewriter, op, [*ops, release], text)
 
 
 class LowerReactLoop(RewritePattern):
@@ -79,11 +92,9 @@ class LowerReactLoop(RewritePattern):
             return
         before, after = op.before_region.block, op.after_region.block
         turn = next(o for o in before.ops if isinstance(o, LlmOp))
-        model, loop_id = turn.attr("model"), op.attributes["agent.id"].data
+        model, loop_id, node = turn.attr("model"), op.attributes[LOOP_ID].data, turn.node
         cache_type = llm.kv_of(model)
-        lease = kv.LeaseOp.make(
-            [], [cache_type], id=f"{loop_id}.lease", node=turn.attr("node"), model=model
-        )
+        lease = kv.LeaseOp.make([], [cache_type], id=f"{loop_id}.lease", node=node, model=model)
 
         prefix = before.insert_arg(cache_type, len(before.args))
         ops, text, cache = lower_llm_call(turn, prefix)
@@ -103,7 +114,7 @@ class LowerReactLoop(RewritePattern):
         )
         loop.attributes.update(op.attributes)
         release = kv.ReleaseOp.make(
-            [loop.results[-1]], id=f"{loop_id}.release", node=turn.attr("node"), model=model
+            [loop.results[-1]], id=f"{loop_id}.release", node=node, model=model
         )
         rewriter.replace(op, [lease, loop, release], loop.results[:-1])
 
@@ -114,12 +125,10 @@ class LowerTool(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: ToolOp, rewriter: PatternRewriter) -> None:
         keys = ("tools", "expected_seconds", "memory_bytes", "cpu")
-        rewriter.replace(
-            op,
-            tool.ExecOp.make(
-                inputs=op.inputs, result_types=[op.result.type], **_carried(op, "exec", *keys)
-            ),
+        exec_op = tool.ExecOp.make(
+            [op.result.type], inputs=op.inputs, **_carried(op, "exec", *keys)
         )
+        replace_step(rewriter, op, [exec_op], exec_op.results[0])
 
 
 class LowerRetrieve(RewritePattern):
@@ -129,16 +138,16 @@ class LowerRetrieve(RewritePattern):
     def match_and_rewrite(self, op: RetrieveOp, rewriter: PatternRewriter) -> None:
         model = op.attr("embedding_model")
         embed = retr.EmbedOp.make(
+            [retr.embedding_of(model)],
             inputs=op.inputs,
-            result_types=[retr.embedding_of(model)],
             model=model,
-            tokens=op.attr("query_tokens"),
+            tokens=op.query_tokens,
             **_carried(op, "embed"),
         )
         search = retr.SearchOp.make(
             [embed.results[0]], [op.result.type], **_carried(op, "search", "index", "k")
         )
-        rewriter.replace(op, [embed, search])
+        replace_step(rewriter, op, [embed, search], search.results[0])
 
 
 class LowerTransform(RewritePattern):
@@ -148,13 +157,15 @@ class LowerTransform(RewritePattern):
     def match_and_rewrite(self, op: TransformOp, rewriter: PatternRewriter) -> None:
         if op.attr("kind") == "template":
             new = data.TemplateOp.make(
-                inputs=op.inputs, result_types=[op.result.type], **_carried(op, "template")
+                [op.result.type], inputs=op.inputs, **_carried(op, "template", "template")
             )
         else:
             new = data.ParseOp.make(
-                inputs=op.inputs, result_types=[op.result.type], **_carried(op, "parse", "format")
+                [op.result.type],
+                inputs=op.inputs,
+                **_carried(op, "parse", "format", "pattern", "template"),
             )
-        rewriter.replace(op, new)
+        replace_step(rewriter, op, [new], new.results[0])
 
 
 @dataclass(frozen=True)

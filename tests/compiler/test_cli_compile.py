@@ -31,8 +31,22 @@ def test_emit_plan_writes_json_for_a_cluster(tmp_path):
     assert result.returncode == 0, result.stderr
     plan = json.loads(out.read_text())
     assert plan["agent"] == "coding-agent"
-    assert {pool["name"] for pool in plan["pools"]} >= {"b200", "xeon"}
-    assert plan["stages"] and plan["functions"]["coding-agent"]["steps"]
+    assert {pool["name"] for pool in plan["pools"]} == {
+        "b200",
+        "h100",
+        "a100",
+        "gaudi3",
+        "xeon",
+        "l4-cloud",
+    }
+    (loop,) = [step for step in plan["steps"] if step["kind"] == "loop"]
+    pools = {step["kind"]: step["pool"] for step in loop["turn"] + loop["act"]}
+    # the stand-in placement: model operators on the first accelerator, the rest on the CPUs
+    assert pools["llm.prefill"] == pools["llm.decode"] == "b200"
+    assert pools["tool.exec"] == "xeon"
+    assert plan["values"]["nodes.fix.outputs.turns"] == "fix#1"
+    assert plan["outputs"]["turns"] == "fix#1"
+    assert all(after < stage["id"] for stage in plan["stages"] for after in stage["after"])
 
 
 def test_placing_without_a_cluster_is_a_user_error():

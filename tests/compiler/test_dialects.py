@@ -10,8 +10,7 @@ from xdsl.parser import Parser
 from xdsl.utils.exceptions import ParseError, VerifyException
 
 from hetagent.compiler.dialects import OUR_DIALECTS, agent, data, hw, kv, llm, make_context, tool
-
-TEXT = agent.TextType()
+from hetagent.compiler.dialects.base import to_attr
 
 
 def check(op) -> str:
@@ -31,78 +30,69 @@ def test_prefill_and_decode_values_must_be_of_the_op_model():
         ModuleOp([tokens, prefill]).verify()
 
 
-@pytest.mark.parametrize(
-    ("op", "message"),
-    [
-        (
-            agent.LlmOp.make(
-                result_types=[TEXT],
-                id="a",
-                node="a",
-                model="m",
-                input_tokens=5,
-                output_tokens=9,
-                max_tokens=8,
-            ),
-            "output_tokens exceeds max_tokens",
+def llm_call(**tokens):
+    return agent.LlmOp.make([agent.TEXT], id="a", node="a", model="m", **tokens)
+
+
+def pool(count):
+    attributes = {"sym_name": "p", "device": "h100", "count": count}
+    return hw.PoolOp(attributes={key: to_attr(value) for key, value in attributes.items()})
+
+
+MALFORMED = {
+    "llm-output": (
+        lambda: llm_call(input_tokens=5, output_tokens=9, max_tokens=8),
+        "output_tokens exceeds max_tokens",
+    ),
+    "llm-input": (
+        lambda: llm_call(input_tokens=0, output_tokens=1, max_tokens=8),
+        "input_tokens must be >= 1",
+    ),
+    "transform-type": (
+        lambda: agent.TransformOp.make(
+            [agent.VALUE], id="t", node="t", kind="template", template="x"
         ),
-        (
-            agent.LlmOp.make(
-                result_types=[TEXT],
-                id="a",
-                node="a",
-                model="m",
-                input_tokens=0,
-                output_tokens=1,
-                max_tokens=8,
-            ),
-            "input_tokens must be >= 1",
+        "a template produces !agent.text",
+    ),
+    "tool-empty": (
+        lambda: agent.ToolOp.make([agent.VALUE], id="t", node="t", tools=[]),
+        "tools is empty",
+    ),
+    "tool-seconds": (
+        lambda: agent.ToolOp.make(
+            [agent.VALUE], id="t", node="t", tools=["a"], expected_seconds=-1.0
         ),
-        (
-            agent.TransformOp.make(
-                result_types=[agent.ValueType()], id="t", node="t", kind="template"
-            ),
-            "a template produces !agent.text",
-        ),
-        (
-            agent.ToolOp.make(result_types=[agent.ValueType()], id="t", node="t", tools=[]),
-            "tools is empty",
-        ),
-        (
-            tool.ExecOp.make(
-                result_types=[agent.ValueType()], id="t", node="t", tools=["shell"], cpu=-1.0
-            ),
-            "cpu must be positive",
-        ),
-        (
-            data.ParseOp.make(result_types=[agent.ValueType()], id="p", node="p", format="xml"),
-            "format must be one of json, regex, lines",
-        ),
-        (kv.LeaseOp.make([], [llm.kv_of("m")], id="l", node="l", model="n"), "of model 'm'"),
-        (
-            hw.PoolOp(
-                attributes={
-                    "sym_name": agent.StringAttr("p"),
-                    "device": agent.StringAttr("h100"),
-                    "count": agent.IntegerAttr(0, agent.i64),
-                }
-            ),
-            "count must be >= 1",
-        ),
-    ],
-    ids=[
-        "llm-output",
-        "llm-input",
-        "transform-type",
-        "tool-empty",
-        "exec-cpu",
-        "parse-format",
-        "lease-model",
-        "pool-count",
-    ],
-)
-def test_verifiers_reject_malformed_ops(op, message):
-    assert message in check(op)
+        "expected_seconds is negative",
+    ),
+    "exec-cpu": (
+        lambda: tool.ExecOp.make([agent.VALUE], id="t", node="t", tools=["a"], cpu=-1.0),
+        "cpu must be positive",
+    ),
+    "parse-format": (
+        lambda: data.ParseOp.make([agent.VALUE], id="p", node="p", format="xml", template="x"),
+        "format must be one of json, regex, lines",
+    ),
+    "lease-model": (
+        lambda: kv.LeaseOp.make([], [llm.kv_of("m")], id="l", node="l", model="n"),
+        "of model 'm'",
+    ),
+    "pool-count": (lambda: pool(0), "count must be >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_verifiers_reject_malformed_ops(case):
+    build, message = MALFORMED[case]
+    assert message in check(build())
+
+
+def test_a_kv_cache_moves_only_by_kv_transfer():
+    lease = kv.LeaseOp.make([], [llm.kv_of("m")], id="l", node="n", model="m")
+    move = data.TransferOp.make(
+        [lease.results[0]], [llm.kv_of("m")], id="t", node="n", source="gpu", target="npu"
+    )
+    with pytest.raises(VerifyException, match=r"a KV cache moves by kv\.transfer"):
+        ModuleOp([lease, move]).verify()
 
 
 def test_transfer_to_the_same_pool_is_rejected():

@@ -9,8 +9,9 @@ from xdsl.parser import Parser
 import hetagent
 from hetagent.compiler import compile_plan, lower, print_generic
 from hetagent.compiler.dialects import llm, tool
+from hetagent.compiler.dialects.base import HetOp
 from hetagent.compiler.dialects.hw import AFFINITY
-from hetagent.compiler.emit import ExecutablePlan, PlanLoop
+from hetagent.compiler.emit import ExecutablePlan, PlanLoop, PlanOp
 from hetagent.compiler.placement import Placement, Pool, placed_ops, trivial_placement
 
 POOLS = (Pool("gpu", "h100", 8), Pool("npu", "gaudi3", 8), Pool("cpu", "xeon-8480", 4))
@@ -48,18 +49,46 @@ def test_printed_ir_parses_back_to_the_same_text(graph, level):
 
 
 def test_every_operator_is_placed_and_the_plan_round_trips(graph):
-    module = lower(graph, "ops")
-    plan = compile_plan(graph, split_placement(module))
+    plan = compile_plan(graph, split_placement(lower(graph, "ops")))
     assert ExecutablePlan.model_validate_json(plan.model_dump_json()) == plan
-    placed = lower(graph, "placed", split_placement(module))
+    placed = lower(graph, "placed", split_placement(lower(graph, "ops")))
     unplaced = [
         op.attr("id")
         for op in placed.walk()
-        if hasattr(op, "attr") and AFFINITY not in op.attributes
+        if isinstance(op, HetOp) and AFFINITY not in op.attributes
     ]
     assert unplaced == []
+    ids = [op.attr("id") for op in placed.walk() if isinstance(op, HetOp)]
+    assert len(ids) == len(set(ids))
     assert {stage.pool for stage in plan.stages} <= {"gpu", "npu", "cpu"}
+    assert all(after < stage.id for stage in plan.stages for after in stage.after)
     assert any(t.kind == "kv" and (t.source, t.target) == ("gpu", "npu") for t in plan.transfers)
+
+
+def test_lowering_leaves_no_agent_step(graph):
+    module = lower(graph, "ops")
+    assert not [
+        op.name
+        for op in module.walk()
+        if op.name.split(".")[0] == "agent" and op.name != "agent.continue"
+    ]
+
+
+def test_every_reference_is_bound_to_a_value(graph):
+    plan = compile_plan(graph, split_placement(lower(graph, "ops")))
+    produced = {name for step in _all_steps(plan.steps) for name in step.outputs} | set(plan.inputs)
+    for node in graph.spec.nodes:
+        for output in node.outputs:
+            assert plan.values[f"nodes.{node.name}.outputs.{output}"] in produced
+    assert set(plan.outputs) == set(graph.spec.outputs)
+
+
+def _all_steps(steps):
+    for step in steps:
+        yield step
+        if isinstance(step, PlanLoop):
+            yield from _all_steps(step.turn)
+            yield from _all_steps(step.act)
 
 
 def test_react_loop_turn_holds_prefill_and_decode_and_act_holds_the_tool():
@@ -70,22 +99,25 @@ def test_react_loop_turn_holds_prefill_and_decode_and_act_holds_the_tool():
     assert llm.PrefillOp in turn and llm.DecodeOp in turn
     assert tool.ExecOp in [type(op) for op in loop.after_region.block.ops]
     plan = compile_plan(graph, split_placement(module))
-    (plan_loop,) = [s for s in plan.functions["coding-agent"].steps if isinstance(s, PlanLoop)]
+    (plan_loop,) = [s for s in plan.steps if isinstance(s, PlanLoop)]
     assert plan_loop.max_turns == 40 and plan_loop.p95_turns == 30
     assert {"llm.prefill", "llm.decode"} <= {step.kind for step in plan_loop.turn}
     assert "tool.exec" in {step.kind for step in plan_loop.act}
+    # turns are counted from 1: the loop starts at turn 1
+    (first_turn,) = [s for s in plan.steps if s.outputs == [plan_loop.init[1]]]
+    assert first_turn.attributes["value"] == 1
 
 
 def test_fan_out_stays_parallel():
     graph = hetagent.load(AGENTS[0].parent / "deep-research.yaml")
-    module = lower(graph, "agent")
-    loops = [op for op in module.walk() if isinstance(op, scf.WhileOp)]
+    plan = compile_plan(graph, split_placement(lower(graph, "ops")))
+    loops = [s for s in plan.steps if isinstance(s, PlanLoop)]
     assert len(loops) == 4
-    # no research loop reads another's result: they depend only on the planner's output
-    results = {id(result) for loop in loops for result in loop.results}
-    for loop in loops:
-        for operand in loop.operands:
-            assert id(operand) not in results
+    loop_values = {name for loop in loops for name in loop.outputs}
+    for step in plan.steps:
+        if isinstance(step, PlanOp) and step.id and step.id.endswith(".prompt.template"):
+            # each research loop starts from the planner's output, never another loop's
+            assert not set(step.inputs) & loop_values, step.id
 
 
 def test_trivial_placement_puts_model_ops_on_the_accelerator(graph):
@@ -96,33 +128,91 @@ def test_trivial_placement_puts_model_ops_on_the_accelerator(graph):
         assert placement.assignment[op.attr("id")] == expected, op.name
 
 
-def test_subgraph_becomes_a_call_of_its_own_function(tmp_path):
-    header = "apiVersion: hetagent.dev/v1alpha1\nkind: AgentGraph\n"
-    (tmp_path / "child.yaml").write_text(
-        header
-        + """\
+HEADER = "apiVersion: hetagent.dev/v1alpha1\nkind: AgentGraph\n"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(HEADER + text)
+    return path
+
+
+def test_a_stage_never_waits_on_a_later_stage(tmp_path):
+    # a -> t (another pool) -> final, and a -> final: grouping a with final would form a cycle
+    path = write(
+        tmp_path / "g.yaml",
+        """\
+metadata: {name: g}
+spec:
+  models: {m: {id: smollm2-135m}}
+  nodes:
+    - {name: a, type: llm, model: m, prompt: "go"}
+    - {name: t, type: tool, tool: shell, args: {c: "${nodes.a.outputs.text}"}}
+    - name: final
+      type: llm
+      model: m
+      prompt: "${nodes.a.outputs.text} ${nodes.t.outputs.stdout}"
+""",
+    )
+    graph = hetagent.load(path)
+    plan = compile_plan(graph, split_placement(lower(graph, "ops")))
+    stage_of = {op: stage.id for stage in plan.stages for op in stage.ops}
+    assert stage_of["a.tokenize"] != stage_of["final.tokenize"]
+    assert all(after < stage.id for stage in plan.stages for after in stage.after)
+
+
+def test_subgraphs_are_inlined_with_prefixed_ids_and_bound_values(tmp_path):
+    write(
+        tmp_path / "child.yaml",
+        """\
 metadata: {name: child}
 spec:
-  inputs: {topic: {}}
+  inputs: {topic: {}, depth: {type: integer, default: 2}}
   models: {m: {id: smollm2-135m}}
   outputs: {summary: "${nodes.write.outputs.text}"}
-  nodes: [{name: write, type: llm, model: m, prompt: "About ${inputs.topic}"}]
-"""
+  nodes: [{name: write, type: llm, model: m, prompt: "About ${inputs.topic}, ${inputs.depth} deep"}]
+""",
     )
-    (tmp_path / "parent.yaml").write_text(
-        header
-        + """\
+    write(
+        tmp_path / "twin.yaml",
+        """\
+metadata: {name: child}
+spec:
+  outputs: {done: "${nodes.work.outputs.stdout}"}
+  nodes: [{name: work, type: tool, tool: shell}]
+""",
+    )
+    parent = write(
+        tmp_path / "parent.yaml",
+        """\
 metadata: {name: parent}
 spec:
   inputs: {q: {}}
-  outputs: {report: "${nodes.research.outputs.summary}"}
-  nodes: [{name: research, type: subgraph, ref: child.yaml, inputs: {topic: "${inputs.q}"}}]
-"""
+  models: {m: {id: smollm2-135m}}
+  outputs: {report: "${nodes.use.outputs.text}"}
+  nodes:
+    - {name: first, type: llm, model: m, prompt: "${inputs.q}"}
+    - {name: research, type: subgraph, ref: child.yaml, inputs: {topic: "${inputs.q}"}}
+    - {name: other, type: subgraph, ref: twin.yaml, dependsOn: [first]}
+    - name: use
+      type: llm
+      model: m
+      prompt: "${nodes.research.outputs.summary} ${nodes.other.outputs.done}"
+""",
     )
-    module = lower(hetagent.load(tmp_path / "parent.yaml"), "ops")
-    text = print_generic(module)
-    assert '"func.call"(%0) <{callee = @child}> {agent.id = "research"' in text
-    assert 'sym_visibility = "private"' in text and 'id = "child/write.prefill"' in text
-    plan = compile_plan(hetagent.load(tmp_path / "parent.yaml"), split_placement(module))
-    assert set(plan.functions) == {"parent", "child"}
-    assert plan.functions["parent"].outputs == {"report": "research"}
+    graph = hetagent.load(parent)
+    module = lower(graph, "ops")
+    ids = {op.attr("id") for op in module.walk() if isinstance(op, HetOp)}
+    assert {"research/write.prefill", "other/work.exec", "research.input.depth.parse"} <= ids
+    plan = compile_plan(graph, split_placement(module))
+    assert set(plan.documents) == {"", "research", "other"}
+    assert plan.documents["other"]["spec"]["nodes"][0]["name"] == "work"
+    assert plan.values["nodes.research.outputs.summary"] == "research/output:summary.template"
+    steps = {step.id: step for step in _all_steps(plan.steps)}
+    # the twin's tool waits for `first` (its dependsOn) though it reads nothing
+    (waits_for,) = steps["other/work.exec"].inputs
+    moves = {t.id: t.value for t in plan.transfers}
+    assert moves.get(waits_for, waits_for) == plan.values["nodes.first.outputs.text"]
+    # the child's llm (on gpu) reads the parent's input through a template on cpu: moved
+    assert any(
+        t.target == "gpu" and t.id.startswith("research/write.tokenize") for t in plan.transfers
+    )

@@ -4,23 +4,23 @@
 "builtin.module"() ({
   "func.func"() <{sym_name = "tiny", function_type = (!agent.text) -> !agent.text}> ({
   ^bb0(%0: !agent.text):
-    %1 = "agent.retrieve"(%0) {operandSegmentSizes = array<i32: 1, 0, 0>, id = "search", node = "search", index = "docs", embedding_model = "minilm-l6", k = 2 : i64, query_tokens = 2 : i64} : (!agent.text) -> !agent.value
-    %2 = "agent.llm"(%0, %1) {operandSegmentSizes = array<i32: 1, 1, 0>, id = "answer", node = "answer", model = "smollm2-135m", input_tokens = 100 : i64, output_tokens = 32 : i64, max_tokens = 32 : i64} : (!agent.text, !agent.value) -> !agent.text
-    %3 = "agent.transform"(%2) {operandSegmentSizes = array<i32: 1, 0, 0>, id = "act.prompt", node = "act", kind = "template"} : (!agent.text) -> !agent.text
-    %4 = "arith.constant"() <{value = 0 : i64}> : () -> i64
+    %1 = "agent.retrieve"(%0) {operandSegmentSizes = array<i32: 1, 0, 0>, index = "docs", embedding_model = "minilm-l6", k = 2 : i64, query_tokens = 2 : i64, id = "search", node = "search", agent.provides = ["nodes.search.outputs.documents=0", "nodes.search.outputs.text=0"]} : (!agent.text) -> !agent.value
+    %2 = "agent.llm"(%0, %1) {operandSegmentSizes = array<i32: 1, 1, 0>, model = "smollm2-135m", input_tokens = 100 : i64, output_tokens = 32 : i64, max_tokens = 32 : i64, id = "answer", node = "answer", agent.provides = ["nodes.answer.outputs.text=0"]} : (!agent.text, !agent.value) -> !agent.text
+    %3 = "agent.transform"(%2) {operandSegmentSizes = array<i32: 1, 0, 0>, kind = "template", id = "act.prompt", template = "spec.nodes[2].prompt", node = "act"} : (!agent.text) -> !agent.text
+    %4 = "arith.constant"() <{value = 1 : i64}> : () -> i64
     %5, %6, %7 = "scf.while"(%3, %4) ({
     ^bb0(%8: !agent.text, %9: i64):
-      %10 = "agent.llm"(%8) {operandSegmentSizes = array<i32: 1, 0, 0>, id = "act.turn", node = "act", model = "smollm2-135m", input_tokens = 50 : i64, output_tokens = 16 : i64, max_tokens = 32 : i64} : (!agent.text) -> !agent.text
-      %11 = "agent.continue"(%10, %9) {id = "act.continue", node = "act", max_turns = 4 : i64} : (!agent.text, i64) -> i1
+      %10 = "agent.llm"(%8) {operandSegmentSizes = array<i32: 1, 0, 0>, id = "act.turn", model = "smollm2-135m", input_tokens = 50 : i64, output_tokens = 16 : i64, max_tokens = 32 : i64, node = "act"} : (!agent.text) -> !agent.text
+      %11 = "agent.continue"(%10, %9) {id = "act.continue", max_turns = 4 : i64, node = "act"} : (!agent.text, i64) -> i1
       "scf.condition"(%11, %10, %9, %8) : (i1, !agent.text, i64, !agent.text) -> ()
     }, {
     ^bb0(%12: !agent.text, %13: i64, %14: !agent.text):
-      %15 = "agent.tool"(%12) {operandSegmentSizes = array<i32: 1, 0, 0>, id = "act.tool", node = "act", tools = ["shell"]} : (!agent.text) -> !agent.value
-      %16 = "agent.transform"(%14, %12, %15) {operandSegmentSizes = array<i32: 2, 1, 0>, id = "act.observe", node = "act", kind = "template"} : (!agent.text, !agent.text, !agent.value) -> !agent.text
+      %15 = "agent.tool"(%12) {operandSegmentSizes = array<i32: 1, 0, 0>, id = "act.tool", tools = ["shell"], node = "act"} : (!agent.text) -> !agent.value
+      %16 = "agent.transform"(%14, %12, %15) {operandSegmentSizes = array<i32: 2, 1, 0>, id = "act.observe", kind = "template", template = "observation", node = "act"} : (!agent.text, !agent.text, !agent.value) -> !agent.text
       %17 = "arith.constant"() <{value = 1 : i64}> : () -> i64
       %18 = "arith.addi"(%13, %17) <{overflowFlags = #arith.overflow<none>}> : (i64, i64) -> i64
       "scf.yield"(%16, %18) : (!agent.text, i64) -> ()
-    }) {agent.id = "act", agent.node = "act", agent.max_turns = 4 : i64, agent.p95_turns = 4 : i64, agent.expected_turns = 4.000000e+00 : f64} : (!agent.text, i64) -> (!agent.text, i64, !agent.text)
+    }) {agent.id = "act", agent.node = "act", agent.max_turns = 4 : i64, agent.p95_turns = 4 : i64, agent.expected_turns = 4.000000e+00 : f64, agent.provides = ["nodes.act.outputs.text=0", "nodes.act.outputs.turns=1"]} : (!agent.text, i64) -> (!agent.text, i64, !agent.text)
     "func.return"(%5) : (!agent.text) -> ()
   }) {agent.inputs = ["q"], agent.outputs = ["answer"]} : () -> ()
 }) : () -> ()
