@@ -26,11 +26,12 @@ class ClusterByDevice(ModulePass):
         numbers: dict[tuple[int, str, int], int] = {}  # (block, pool, level) -> stage
         levels: dict[int, dict[int, tuple[str, int]]] = {}  # block -> op -> (pool, level)
         floors: dict[int, int] = {}  # block -> the level after its last loop
+        highest: dict[int, int] = {}  # block -> the highest level so far
         for o in op.walk():  # program order, entering loops where they stand
             block = id(o.parent_block())
             level = levels.setdefault(block, {})
             if o.regions:  # a loop: what follows it in its block comes after all before it
-                floors[block] = max((lvl + 1 for _, lvl in level.values()), default=0)
+                floors[block] = highest.get(block, -1) + 1
                 continue
             pool = pool_of(o)
             if pool is None or not isinstance(o, HetOp) or isinstance(o, MOVES):
@@ -44,4 +45,5 @@ class ClusterByDevice(ModulePass):
                     source_pool, source_level = level[id(source)]
                     here = max(here, source_level + (source_pool != pool))
             level[id(o)] = (pool, here)
+            highest[block] = max(highest.get(block, 0), here)
             o.attributes[STAGE] = to_attr(numbers.setdefault((block, pool, here), len(numbers)))
