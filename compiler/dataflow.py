@@ -10,8 +10,10 @@ from xdsl.dialects import scf
 from xdsl.ir import BlockArgument, Operation, OpResult, SSAValue
 
 
-def producer(value: SSAValue) -> Operation | None:
-    """The op whose result `value` is; for loop-carried values, the producer on the back edge."""
+def producer(value: SSAValue, *, back_edge: bool = True) -> Operation | None:
+    """The op whose result `value` is. A loop-carried value has two: the previous turn's (the
+    back edge, where it lives between turns) and, with `back_edge=False`, the one before the
+    loop (what the first turn reads: the edge an acyclic view of the graph keeps)."""
     seen: set[int] = set()
     while id(value) not in seen:
         seen.add(id(value))
@@ -27,8 +29,10 @@ def producer(value: SSAValue) -> Operation | None:
             return None  # a function argument: an input of the graph
         if value.block is loop.after_region.block:
             value = _condition(loop).operands[value.index + 1]
-        else:  # before region: the value of the previous iteration
+        elif back_edge:  # before region: the value of the previous iteration
             value = loop.after_region.block.last_op.operands[value.index]
+        else:  # before region: the value the loop starts with
+            value = loop.operands[value.index]
     return None
 
 

@@ -7,10 +7,12 @@ checked and corrected without touching code. An empty cell loads as None ("not k
 import csv
 import functools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from importlib.resources import files
 from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 
@@ -26,6 +28,7 @@ class Device:
     name: str
     vendor: str
     kind: str
+    cores: int | None  # CPU sockets: physical cores (from the model name), for tool-call costs
     bf16_tflops: float | None
     fp8_tflops: float | None
     int8_tops: float | None
@@ -136,3 +139,65 @@ def load_catalog() -> Catalog:
     """Load the packaged catalogs once; importlib.resources finds them in any kind of install."""
     here = files(__package__)
     return Catalog(read_rows(here / "devices.csv", Device), read_rows(here / "models.csv", Model))
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """The fractions of peak compute and memory bandwidth a device reaches in a phase, and a
+    fixed overhead per engine step (scheduling, kernel launches), fitted by calibration."""
+
+    eta_compute: float
+    eta_memory: float
+    overhead_s: float
+    source: str
+
+
+EFFICIENCY_COLUMNS = ("device", "phase", "eta_compute", "eta_memory", "overhead_s", "source")
+
+
+def read_efficiencies(path: Traversable) -> dict[tuple[str, str], Efficiency]:
+    """Rows keyed by (device id or device kind, phase); errors name file, line and column."""
+    rows: dict[tuple[str, str], Efficiency] = {}
+    with path.open("r", encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != EFFICIENCY_COLUMNS:
+            raise ValueError(f"{path}:1: columns must be {','.join(EFFICIENCY_COLUMNS)}")
+        for record in reader:
+            where = f"{path}:{reader.line_num}:"
+            values = {}
+            for column in ("eta_compute", "eta_memory", "overhead_s"):
+                try:
+                    values[column] = _number(record[column].strip(), float)
+                except ValueError as error:
+                    raise ValueError(f"{where} column {column!r}: {error}") from None
+                if values[column] is None:
+                    raise ValueError(f"{where} column {column!r}: must not be empty")
+            for column in ("eta_compute", "eta_memory"):
+                if not 0 < values[column] <= 1:
+                    raise ValueError(f"{where} column {column!r}: must be in (0, 1]")
+            rows[(record["device"].strip(), record["phase"].strip())] = Efficiency(
+                **values, source=record["source"]
+            )
+    return rows
+
+
+@functools.cache
+def load_efficiencies() -> dict[tuple[str, str], Efficiency]:
+    """The packaged priors, overridden by a calibration file (`hetagent costmodel calibrate`
+    writes one; HETAGENT_EFFICIENCY names it, default ~/.config/hetagent/efficiency.csv)."""
+    rows = read_efficiencies(files(__package__) / "efficiency.csv")
+    override = Path(
+        os.environ.get("HETAGENT_EFFICIENCY", Path.home() / ".config/hetagent/efficiency.csv")
+    )
+    if override.is_file():
+        rows |= read_efficiencies(override)
+    return rows
+
+
+def efficiency(device: Device, phase: str) -> Efficiency:
+    """The device's own fitted figures for the phase, else its kind's."""
+    rows = load_efficiencies()
+    found = rows.get((device.id, phase)) or rows.get((device.kind, phase))
+    if found is None:
+        raise ValueError(f"no efficiency for {device.id} ({device.kind}) in phase {phase!r}")
+    return found

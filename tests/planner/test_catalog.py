@@ -169,7 +169,7 @@ def test_a_wrong_header_or_a_ragged_row_is_rejected(tmp_path: Path) -> None:
         read_rows(path, Model)
     good = _catalog_with_second_row(tmp_path, "devices.csv")
     good.write_text(good.read_text(encoding="utf-8") + "extra,cell\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"devices\.csv:4: expected 19 cells"):
+    with pytest.raises(ValueError, match=r"devices\.csv:4: expected 20 cells"):
         read_rows(good, Device)
 
 

@@ -1,0 +1,1 @@
+"""Placement: exact MILP, a fast heuristic, and the baselines they are compared with."""

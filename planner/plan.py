@@ -1,0 +1,343 @@
+"""Plan an agent on a cluster: the placement problem of its operators, solved, with baselines.
+
+For every operator the compiler produces, and every pool, the cost model gives a latency and the
+TCO model a cost per request:
+
+- LLM phases (prefill, decode) and embeddings run the roofline of `costmodel` on the pool's
+  device, over as many devices as the weights and KV need (tensor parallelism; infeasible when
+  the pool has too few). A decode step serves `batch` sequences at once (continuous batching),
+  so a request pays 1/batch of the devices' time; prefill and embeddings pay all of it.
+  TTFT and TPOT bounds of the SLO rule out options that miss them.
+- Host operators (tool calls, templates, vector search, tokenization) take their declared time
+  (`expectedDurationSeconds`, `expectedToolSeconds`) or the defaults below, which the runtime's
+  profiles will replace. On a CPU pool a call pays the share of the socket its CPU hint asks for;
+  on an accelerator pool it runs on the host CPUs, whose cost the accelerator's hour includes.
+- Operators inside a ReAct loop count p95 turns for latency and expected turns for cost.
+- An edge between pools costs its bytes over the link (a KV cache: its tokens' KV bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Operation, SSAValue
+
+from hetagent.compiler import lower
+from hetagent.compiler.dataflow import producer
+from hetagent.compiler.dialects import kv, llm, retr, tool
+from hetagent.compiler.dialects.agent import LOOP_EXPECTED_TURNS, LOOP_P95_TURNS, is_react_loop
+from hetagent.compiler.dialects.base import HetOp, from_attr
+from hetagent.compiler.placement import FOLLOWERS, Placement, Pool, placed_ops
+from hetagent.planner.catalog import Device, load_catalog
+from hetagent.planner.costmodel import CostModel, CostModelError
+from hetagent.planner.placement import baselines, solve
+from hetagent.planner.placement.problem import Edge, Infeasible, Option, PlacementProblem, Solution
+from hetagent.planner.tco import HourlyCost, device_hour_cost
+from hetagent.planner.workload import kv_bytes_per_token
+from hetagent.spec import AgentGraph, Cluster
+
+# Host operators without a declared duration, until the runtime profiles them (issue 7).
+DEFAULT_TOOL_SECONDS = 1.0
+HOST_OP_SECONDS = {
+    "data.template": 1e-4,
+    "data.parse": 1e-4,
+    "retr.search": 2e-3,
+    "llm.tokenize": 1e-4,
+    "llm.detokenize": 1e-4,
+}
+BYTES_PER_TEXT_TOKEN = 4  # text and token ids between pools
+DEFAULT_LINK = (12.5e9, 10e-6)  # 100 Gb/s Ethernet, 10 us: pools with no link declared
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    solver: str = "auto"  # auto | milp | heuristic
+    objective: str = "tco"  # tco | latency
+    decode_batch: int = 16  # sequences one decode step serves (continuous batching)
+    dtype: str = "bf16"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    op: str
+    kind: str
+    pool: str
+    device: str
+    latency_s: float
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    name: str
+    tco_per_request_usd: float | None
+    latency_s: float | None
+    sla_met: bool
+    ratio: float | None  # baseline cost / ours
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AgentPlan:
+    agent: str
+    cluster: str
+    sla_seconds: float | None
+    solution: Solution
+    assignments: list[Assignment]
+    baselines: list[BaselineResult]
+    output_tokens: int
+    hourly: dict[str, HourlyCost] = field(default_factory=dict)
+    pools: tuple[Pool, ...] = ()
+
+    @property
+    def placement(self) -> Placement:
+        """What the compiler applies (`hetagent compile --emit placed|plan`)."""
+        return Placement(self.pools, dict(self.solution.assignment))
+
+    @property
+    def usd_per_million_tokens(self) -> float | None:
+        if not self.output_tokens:
+            return None
+        return self.solution.cost_usd / self.output_tokens * 1e6
+
+
+class PlanError(ValueError):
+    """The agent cannot be planned on the cluster (the message says why and what to change)."""
+
+
+def plan_agent(
+    graph: AgentGraph,
+    cluster: Cluster,
+    options: PlanOptions | None = None,
+    cost_model: CostModel | None = None,
+) -> AgentPlan:
+    """Place the agent's operators at the lowest TCO that meets its SLA, with the baselines."""
+    options = options or PlanOptions()
+    cost_model = cost_model or CostModel()
+    module = lower(graph, "ops")
+    builder = _ProblemBuilder(graph, cluster, cost_model, options)
+    problem = builder.build(module)
+    try:
+        solution = solve(problem, solver=options.solver, objective=options.objective)
+    except Infeasible as error:
+        raise PlanError(str(error)) from None
+    ours = solution.cost_usd
+    results = []
+    for baseline in baselines(problem):
+        if baseline.solution is None:
+            results.append(BaselineResult(baseline.name, None, None, False, None, baseline.reason))
+            continue
+        cost = baseline.solution.cost_usd
+        results.append(
+            BaselineResult(
+                baseline.name,
+                cost,
+                baseline.solution.latency_s,
+                baseline.solution.sla_met,
+                cost / ours if ours > 0 else None,
+                baseline.reason,
+            )
+        )
+    assignments = [
+        Assignment(
+            task,
+            builder.kinds[task],
+            pool,
+            builder.devices[pool].id,
+            problem.options[task][pool].latency_s,
+            problem.options[task][pool].cost_usd,
+        )
+        for task, pool in solution.assignment.items()
+    ]
+    return AgentPlan(
+        agent=graph.metadata.name,
+        cluster=cluster.metadata.name,
+        sla_seconds=problem.sla_seconds,
+        solution=solution,
+        assignments=assignments,
+        baselines=results,
+        output_tokens=builder.output_tokens,
+        hourly=builder.hourly,
+        pools=builder.pools,
+    )
+
+
+class _ProblemBuilder:
+    def __init__(
+        self, graph: AgentGraph, cluster: Cluster, cost_model: CostModel, options: PlanOptions
+    ):
+        self.graph, self.cluster, self.cost_model, self.options = (
+            graph,
+            cluster,
+            cost_model,
+            options,
+        )
+        spec = cluster.spec
+        self.pools = tuple(Pool(p.name, p.device, p.count) for p in spec.pools)
+        self.devices: dict[str, Device] = {p.name: cost_model.device(p.device) for p in spec.pools}
+        try:
+            self.hourly = {
+                p.name: device_hour_cost(p, self.devices[p.name], spec) for p in spec.pools
+            }
+        except ValueError as error:
+            raise PlanError(str(error)) from None
+        self.kinds: dict[str, str] = {}
+        self.output_tokens = 0
+
+    def build(self, module: ModuleOp) -> PlacementProblem:
+        tasks = list(placed_ops(module))
+        ids = {id(op): op.attr("id") for op in tasks}
+        options: dict[str, dict[str, Option]] = {}
+        edges: list[Edge] = []
+        for op in tasks:
+            task = op.attr("id")
+            self.kinds[task] = op.name
+            p95, expected = _turns(op)
+            options[task] = {}
+            for pool in self.pools:
+                option = self._option(op, pool.name)
+                if option is not None:
+                    options[task][pool.name] = Option(
+                        option.latency_s * p95, option.cost_usd * expected
+                    )
+            if not options[task]:
+                raise PlanError(
+                    f"no pool of {self.cluster.metadata.name} can run {task} "
+                    f"({op.name}{_model_note(op)}): add a pool that fits it"
+                )
+            if isinstance(op, llm.DecodeOp):
+                self.output_tokens += round(op.attr("tokens") * expected)
+            for value in op.operands:
+                for source in _sources(value):
+                    if id(source) in ids:
+                        edges.append(Edge(ids[id(source)], task, _bytes(value, source) * p95))
+        slo = self.graph.spec.slo
+        return PlacementProblem(
+            tasks=tuple(op.attr("id") for op in tasks),
+            pools=tuple(p.name for p in self.pools),
+            options=options,
+            edges=tuple(edges),
+            transfer_seconds=self._transfer_seconds,
+            sla_seconds=slo.p95_latency_seconds if slo else None,
+        )
+
+    def _option(self, op: HetOp, pool: str) -> Option | None:
+        """Latency and cost of one run of `op` on `pool`, or None if it cannot run there."""
+        device, per_second = self.devices[pool], self.hourly[pool].per_second
+        slo = self.graph.spec.slo
+        model_ops = (llm.PrefillOp, llm.DecodeOp, retr.EmbedOp)
+        if isinstance(op, model_ops):
+            model = self.cost_model.model(op.attr("model"))
+            decode = isinstance(op, llm.DecodeOp)
+            batch = self.options.decode_batch if decode else 1
+            context = op.attr("tokens") + (_decode_context(op) if decode else 0)
+            devices = self.cost_model.min_devices(
+                model, device, batch=batch, context=context, dtype=self.options.dtype
+            )
+            if devices is None or devices > self.pool(pool).count:
+                return None
+            try:
+                if decode:
+                    step = self.cost_model.decode_step(
+                        model,
+                        device,
+                        round(_decode_context(op) + op.attr("tokens") / 2),
+                        batch=batch,
+                        devices=devices,
+                        dtype=self.options.dtype,
+                    ).seconds
+                    if slo and slo.tpot_seconds and step > slo.tpot_seconds:
+                        return None
+                    latency = step * op.attr("tokens")
+                else:
+                    latency = self.cost_model.prefill(
+                        model, device, op.attr("tokens"), devices=devices, dtype=self.options.dtype
+                    ).seconds
+                    if (
+                        slo
+                        and slo.ttft_seconds
+                        and isinstance(op, llm.PrefillOp)
+                        and latency > slo.ttft_seconds
+                    ):
+                        return None
+            except CostModelError:
+                return None  # the catalog lacks this device's figures
+            return Option(latency, latency * devices * per_second / batch)
+        if isinstance(op, tool.ExecOp):
+            latency = op.attr("expected_seconds") or DEFAULT_TOOL_SECONDS
+            return Option(latency, self._host_cost(latency, op.attr("cpu") or 1.0, pool))
+        latency = HOST_OP_SECONDS.get(op.name, 1e-4)
+        return Option(latency, self._host_cost(latency, 1.0, pool))
+
+    def _host_cost(self, seconds: float, cores: float, pool: str) -> float:
+        """A host operator's share of a CPU socket; on an accelerator's host, included."""
+        device = self.devices[pool]
+        if device.kind != "cpu":
+            return 0.0
+        return seconds * self.hourly[pool].per_second * min(1.0, cores / (device.cores or 1))
+
+    def pool(self, name: str) -> Pool:
+        return next(p for p in self.pools if p.name == name)
+
+    def _transfer_seconds(self, source: str, target: str, size: float) -> float:
+        if source == target:
+            return 0.0
+        bandwidth, latency = DEFAULT_LINK
+        spec = self.cluster.spec
+        pair = {source, target}
+        link = next((e for e in spec.links if set(e.pools) == pair), spec.default_link)
+        if link is not None:
+            bandwidth, latency = (
+                link.bandwidth_gb_per_second * 1e9,
+                link.latency_microseconds * 1e-6,
+            )
+        return latency + size / bandwidth
+
+
+def _turns(op: Operation) -> tuple[float, float]:
+    """(p95, expected) turns of the ReAct loop an op is in; (1, 1) outside loops."""
+    parent = op.parent_op()
+    while parent is not None and not is_react_loop(parent):
+        parent = parent.parent_op()
+    if parent is None:
+        return 1.0, 1.0
+    return (
+        float(from_attr(parent.attributes[LOOP_P95_TURNS])),
+        float(from_attr(parent.attributes[LOOP_EXPECTED_TURNS])),
+    )
+
+
+def _decode_context(op: llm.DecodeOp) -> int:
+    """The prompt length a decode continues from: the tokens of the prefill that fed it."""
+    source = producer(op.kv_in, back_edge=False)
+    while isinstance(source, kv.TransferOp):
+        source = producer(source.kv_in, back_edge=False)
+    return source.attr("tokens") if isinstance(source, llm.PrefillOp) else 0
+
+
+def _sources(value: SSAValue) -> list[HetOp]:
+    """The placed operators a value comes from, looking through followers (a lease, a
+    loop's condition, transfers) and the loop's first-turn edges (the graph is acyclic)."""
+    source = producer(value, back_edge=False)
+    if source is None or not isinstance(source, HetOp):
+        return []
+    if isinstance(source, FOLLOWERS):
+        return [s for operand in source.operands for s in _sources(operand)]
+    return [source]
+
+
+def _bytes(value: SSAValue, source: HetOp) -> float:
+    """What an edge moves: a KV cache's bytes, or a few bytes a token of text."""
+    if isinstance(value.type, llm.KVType):
+        per_token = kv_bytes_per_token(load_catalog().models[source.attr("model")])
+        return per_token * (source.attr("tokens") or 0)
+    return BYTES_PER_TEXT_TOKEN * (source.attr("tokens") or source.attr("output_tokens") or 256)
+
+
+def _model_note(op: HetOp) -> str:
+    model = op.attr("model")
+    return f" of {model}" if model else ""
+
+
+__all__ = ["AgentPlan", "PlanError", "PlanOptions", "plan_agent"]
