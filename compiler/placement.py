@@ -15,10 +15,19 @@ from hetagent.compiler.dialects import agent, data, kv, llm, retr
 from hetagent.compiler.dialects.base import HetOp
 
 # Ops that follow their data: a KV lease and release go where the cache is held, a loop's
-# `agent.continue` where its reply was produced, transfers where they deliver.
-FOLLOWERS = (kv.LeaseOp, kv.ReleaseOp, kv.TransferOp, data.TransferOp, agent.ContinueOp)
-# Ops that run a model: on an accelerator if the cluster has one.
-MODEL_OPS = (llm.TokenizeOp, llm.PrefillOp, llm.DecodeOp, llm.DetokenizeOp, retr.EmbedOp)
+# `agent.continue` where its reply was produced, transfers where they deliver; the engine that
+# prefills tokenizes, and the engine that decodes detokenizes.
+FOLLOWERS = (
+    kv.LeaseOp,
+    kv.ReleaseOp,
+    kv.TransferOp,
+    data.TransferOp,
+    agent.ContinueOp,
+    llm.TokenizeOp,
+    llm.DetokenizeOp,
+)
+# Ops that run a model (the rest run on host CPUs).
+MODEL_OPS = (llm.PrefillOp, llm.DecodeOp, retr.EmbedOp)
 
 
 @dataclass(frozen=True)
@@ -41,21 +50,3 @@ def placed_ops(module: ModuleOp) -> Iterator[HetOp]:
     for op in module.walk():
         if isinstance(op, HetOp) and not isinstance(op, FOLLOWERS):
             yield op
-
-
-def trivial_placement(
-    module: ModuleOp, pools: tuple[Pool, ...], accelerators: set[str]
-) -> Placement:
-    """Model ops on the first accelerator pool, everything else on the first other pool.
-
-    A stand-in so `hetagent compile --emit placed|plan` works before the planner lands; the
-    planner's SLA- and cost-aware placement replaces it (issue 4).
-    """
-    if not pools:
-        raise ValueError("a placement needs at least one pool")
-    fast = next((p.name for p in pools if p.name in accelerators), pools[0].name)
-    general = next((p.name for p in pools if p.name not in accelerators), pools[0].name)
-    assignment = {
-        op.attr("id"): fast if isinstance(op, MODEL_OPS) else general for op in placed_ops(module)
-    }
-    return Placement(pools, assignment)

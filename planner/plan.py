@@ -8,10 +8,11 @@ TCO model a cost per request:
   the pool has too few). A decode step serves `batch` sequences at once (continuous batching),
   so a request pays 1/batch of the devices' time; prefill and embeddings pay all of it.
   TTFT and TPOT bounds of the SLO rule out options that miss them.
-- Host operators (tool calls, templates, vector search, tokenization) take their declared time
+- Host operators (tool calls, templates, vector search) take their declared time
   (`expectedDurationSeconds`, `expectedToolSeconds`) or the defaults below, which the runtime's
-  profiles will replace. On a CPU pool a call pays the share of the socket its CPU hint asks for;
-  on an accelerator pool it runs on the host CPUs, whose cost the accelerator's hour includes.
+  profiles will replace. They run on the CPU pools when the cluster has some, paying the share of
+  a socket their CPU hint asks for; otherwise on the accelerators' host CPUs, whose cost the
+  accelerator's hour includes. Tokenization goes with prefill, detokenization with decode.
 - Operators inside a ReAct loop count p95 turns for latency and expected turns for cost.
 - An edge between pools costs its bytes over the link (a KV cache: its tokens' KV bytes).
 """
@@ -39,13 +40,7 @@ from hetagent.spec import AgentGraph, Cluster
 
 # Host operators without a declared duration, until the runtime profiles them (issue 7).
 DEFAULT_TOOL_SECONDS = 1.0
-HOST_OP_SECONDS = {
-    "data.template": 1e-4,
-    "data.parse": 1e-4,
-    "retr.search": 2e-3,
-    "llm.tokenize": 1e-4,
-    "llm.detokenize": 1e-4,
-}
+HOST_OP_SECONDS = {"data.template": 1e-4, "data.parse": 1e-4, "retr.search": 2e-3}
 BYTES_PER_TEXT_TOKEN = 4  # text and token ids between pools
 DEFAULT_LINK = (12.5e9, 10e-6)  # 100 Gb/s Ethernet, 10 us: pools with no link declared
 
@@ -182,6 +177,7 @@ class _ProblemBuilder:
             }
         except ValueError as error:
             raise PlanError(str(error)) from None
+        self.has_cpu_pools = any(d.kind == "cpu" for d in self.devices.values())
         self.kinds: dict[str, str] = {}
         self.output_tokens = 0
 
@@ -264,6 +260,8 @@ class _ProblemBuilder:
             except CostModelError:
                 return None  # the catalog lacks this device's figures
             return Option(latency, latency * devices * per_second / batch)
+        if self.has_cpu_pools and device.kind != "cpu":
+            return None  # host operators run on the CPU pools when the cluster has some
         if isinstance(op, tool.ExecOp):
             latency = op.attr("expected_seconds") or DEFAULT_TOOL_SECONDS
             return Option(latency, self._host_cost(latency, op.attr("cpu") or 1.0, pool))

@@ -7,7 +7,7 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
 from hetagent.compiler.dataflow import producer
-from hetagent.compiler.dialects import agent, kv
+from hetagent.compiler.dialects import agent, kv, llm
 from hetagent.compiler.dialects.base import to_attr
 from hetagent.compiler.dialects.hw import AFFINITY, PoolOp, affinity, pool_of
 from hetagent.compiler.errors import CompileError
@@ -20,7 +20,8 @@ class AssignAffinity(ModulePass):
 
     A loop's `kv.lease` goes where the cache stays between turns (the pool of the decode that
     extends it last), a `kv.release` where the cache was last produced, an `agent.continue`
-    where its reply was produced."""
+    where its reply was produced; `llm.tokenize` where its prompt is prefilled and
+    `llm.detokenize` where its tokens were decoded."""
 
     name = "assign-affinity"
 
@@ -50,6 +51,11 @@ class AssignAffinity(ModulePass):
                 pool = pool_of(producer(follower.kv))
             elif isinstance(follower, agent.ContinueOp):
                 pool = pool_of(producer(follower.reply))
+            elif isinstance(follower, llm.TokenizeOp):
+                (use,) = follower.out.uses
+                pool = pool_of(use.operation)
+            elif isinstance(follower, llm.DetokenizeOp):
+                pool = pool_of(producer(follower.generated))
             else:
                 continue
             if pool is not None:

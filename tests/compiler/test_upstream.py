@@ -7,7 +7,7 @@ import pytest
 
 import hetagent
 from hetagent.compiler import lower, print_generic
-from hetagent.compiler.placement import Pool, trivial_placement
+from hetagent.compiler.placement import MODEL_OPS, Placement, Pool, placed_ops
 
 AGENTS = sorted((Path(__file__).parents[2] / "examples" / "agents").glob("*.yaml"))
 POOLS = (Pool("gpu", "h100", 8), Pool("cpu", "xeon-8480", 4))
@@ -29,7 +29,14 @@ def test_upstream_mlir_verifies_every_example(path, level, installed, irdl_file)
     graph = hetagent.load(path)
     placement = None
     if level == "placed":
-        placement = trivial_placement(lower(graph, "ops"), POOLS, accelerators={"gpu"})
+        module = lower(graph, "ops")
+        placement = Placement(
+            POOLS,
+            {
+                op.attr("id"): "gpu" if isinstance(op, MODEL_OPS) else "cpu"
+                for op in placed_ops(module)
+            },
+        )
     result = iree_opt(installed, irdl_file, print_generic(lower(graph, level, placement)))
     assert result.returncode == 0, result.stderr
 
