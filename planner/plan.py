@@ -32,6 +32,7 @@ from hetagent.compiler.dialects.base import HetOp, from_attr
 from hetagent.compiler.placement import FOLLOWERS, Placement, Pool, placed_ops
 from hetagent.planner.catalog import Device, load_catalog
 from hetagent.planner.costmodel import CostModel, CostModelError
+from hetagent.planner.fleet import PoolFleet, size_fleet
 from hetagent.planner.placement import baselines, solve
 from hetagent.planner.placement.problem import Edge, Infeasible, Option, PlacementProblem, Solution
 from hetagent.planner.tco import HourlyCost, device_hour_cost
@@ -84,6 +85,7 @@ class AgentPlan:
     output_tokens: int
     hourly: dict[str, HourlyCost] = field(default_factory=dict)
     pools: tuple[Pool, ...] = ()
+    fleet: list[PoolFleet] = field(default_factory=list)
 
     @property
     def placement(self) -> Placement:
@@ -145,6 +147,12 @@ def plan_agent(
         )
         for task, pool in solution.assignment.items()
     ]
+    fleet = size_fleet(
+        ((a.pool, a.cost_usd) for a in assignments),
+        builder.hourly,
+        builder.pools,
+        graph.spec.traffic,
+    )
     return AgentPlan(
         agent=graph.metadata.name,
         cluster=cluster.metadata.name,
@@ -155,6 +163,7 @@ def plan_agent(
         output_tokens=builder.output_tokens,
         hourly=builder.hourly,
         pools=builder.pools,
+        fleet=fleet,
     )
 
 

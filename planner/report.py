@@ -25,6 +25,7 @@ def plan_json(plan: AgentPlan) -> dict[str, Any]:
         "critical_path": list(solution.critical_path),
         "assignments": [vars(a) for a in plan.assignments],
         "baselines": [vars(b) for b in plan.baselines],
+        "fleet": [vars(f) for f in plan.fleet],
         "pools": {
             name: {
                 "usd_per_hour": cost.total,
@@ -72,4 +73,16 @@ def plan_tables(plan: AgentPlan) -> Group:
             "met" if b.sla_met else "missed",
             f"{b.ratio:.2f}x" if b.ratio else "-",
         )
-    return Group(operators, summary, comparison)
+    fleet = Table(title="fleet for the agent's traffic", show_edge=False)
+    for column in ("pool", "devices needed", "in cluster", "utilization", "$/hour"):
+        fleet.add_column(column)
+    for f in plan.fleet:
+        if f.devices_needed:
+            fleet.add_row(
+                f.pool,
+                str(f.devices_needed),
+                str(f.devices_available),
+                f"{f.utilization:.0%}",
+                f"{f.usd_per_hour:,.2f}",
+            )
+    return Group(operators, summary, comparison, fleet)

@@ -1,0 +1,89 @@
+"""`hetagent plan`: the planner on the example agents and clusters, as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hetagent
+from hetagent.planner.plan import PlanError, PlanOptions, plan_agent
+
+ROOT = Path(__file__).parents[2]
+HETAGENT = str(Path(sys.executable).parent / "hetagent")
+CODING = ROOT / "examples/agents/coding-agent.yaml"
+MIXED = ROOT / "examples/clusters/mixed-generations.yaml"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([HETAGENT, *args], capture_output=True, text=True, check=False)
+
+
+def test_plan_json_meets_the_sla_and_compares_with_baselines():
+    result = run("plan", str(CODING), "--cluster", str(MIXED), "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["sla_met"] and plan["latency_seconds"] <= plan["sla_seconds"] == 900
+    assert plan["tco_per_request_usd"] > 0
+    kinds = {a["kind"] for a in plan["assignments"]}
+    assert {"llm.prefill", "llm.decode", "tool.exec"} <= kinds
+    for assignment in plan["assignments"]:
+        assert set(assignment) >= {"op", "kind", "pool", "device", "latency_s", "cost_usd"}
+    names = {b["name"] for b in plan["baselines"]}
+    assert {"cheapest-per-op", "per-task-sla"} <= names
+    for baseline in plan["baselines"]:
+        if baseline["sla_met"]:  # the optimum is never beaten by a feasible baseline
+            assert baseline["ratio"] >= 1 - 1e-9, baseline
+
+
+def test_plan_table_shows_the_placement_and_the_ratios():
+    result = run("plan", str(CODING), "--cluster", str(MIXED))
+    assert result.returncode == 0, result.stderr
+    assert "fix.turn.prefill" in result.stdout and "SLA 900 s: met" in result.stdout
+    assert "baselines (ratio = baseline cost / ours)" in result.stdout
+
+
+def test_an_unreachable_sla_names_the_best_latency_and_the_critical_path(tmp_path):
+    document = CODING.read_text().replace("p95LatencySeconds: 900 ", "p95LatencySeconds: 1 ")
+    tight = tmp_path / "tight.yaml"
+    tight.write_text(document)
+    assert "p95LatencySeconds: 1 " in document
+    with pytest.raises(PlanError) as error:
+        plan_agent(hetagent.load(tight), hetagent.load(MIXED))
+    message = str(error.value)
+    assert "best achievable" in message and "fix.turn.decode" in message
+    result = run("plan", str(tight), "--cluster", str(MIXED))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_placement_that_splits_prefill_and_decode_pays_a_kv_transfer():
+    plan = plan_agent(hetagent.load(CODING), hetagent.load(MIXED))
+    pools = {a.op: a.pool for a in plan.assignments}
+    if pools["fix.turn.prefill"] != pools["fix.turn.decode"]:
+        compiled = run("compile", str(CODING), "--emit", "plan", "--cluster", str(MIXED))
+        transfers = json.loads(compiled.stdout)["transfers"]
+        assert any(t["kind"] == "kv" for t in transfers)
+
+
+def test_latency_objective_is_never_slower_than_tco():
+    graph, cluster = hetagent.load(CODING), hetagent.load(MIXED)
+    cheapest = plan_agent(graph, cluster)
+    fastest = plan_agent(graph, cluster, PlanOptions(objective="latency"))
+    assert fastest.solution.latency_s <= cheapest.solution.latency_s + 1e-9
+    assert fastest.solution.cost_usd >= cheapest.solution.cost_usd - 1e-12
+
+
+def test_fleet_covers_the_traffic():
+    plan = plan_agent(hetagent.load(CODING), hetagent.load(MIXED))
+    used = {a.pool for a in plan.assignments if a.cost_usd > 0}
+    for fleet in plan.fleet:
+        assert (fleet.devices_needed > 0) == (fleet.pool in used)
+        assert fleet.utilization <= 0.7 + 1e-9
+
+
+def test_bad_options_are_user_errors():
+    result = run("plan", str(CODING), "--cluster", str(MIXED), "--solver", "magic")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "unknown --solver 'magic'; use one of auto, milp, heuristic"
