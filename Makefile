@@ -8,13 +8,16 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: run test lint format schemas setup clean
 
-# The most complete pipeline so far: validate every example, then describe the quickstart agent
-# and compile it to placed operators on this machine (the runtime, issue 7, will run it).
+# The most complete pipeline so far: validate every example, plan the coding agent on the mixed
+# cluster (placement, TCO, baselines), and compile the quickstart agent for this machine (the
+# runtime, issue 7, will run it).
 run: setup
 	$(BIN)/hetagent validate examples/agents/*.yaml examples/clusters/*.yaml
-	$(BIN)/hetagent describe examples/agents/quickstart.yaml examples/clusters/local.yaml
-	$(BIN)/hetagent compile examples/agents/quickstart.yaml --emit placed \
-		--cluster examples/clusters/local.yaml
+	$(BIN)/hetagent plan examples/agents/coding-agent.yaml \
+		--cluster examples/clusters/mixed-generations.yaml
+	$(BIN)/hetagent compile examples/agents/quickstart.yaml --emit plan \
+		--cluster examples/clusters/local.yaml -o quickstart.plan.json
+	@echo "wrote quickstart.plan.json (the executable plan of the quickstart agent on this machine)"
 
 test: setup
 	$(BIN)/python -m pytest

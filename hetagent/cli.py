@@ -128,7 +128,6 @@ def compile(
 ) -> None:
     """Lower an agent through the compiler; print MLIR (or the executable plan as JSON)."""
     from hetagent.compiler import CompileError, emit_plan, lower, place, print_generic
-    from hetagent.compiler.placement import Pool, trivial_placement
 
     levels = ("agent", "ops", "placed", "plan")
     if emit not in levels:
@@ -136,15 +135,10 @@ def compile(
     if emit in ("placed", "plan") and cluster is None:
         raise _fail(f"--emit {emit} places operators on pools: give --cluster CLUSTER.yaml")
     graph = _load(agent, AgentGraph)
-    spec = _load(cluster, Cluster).spec if cluster is not None else None
     try:
         module = lower(graph, "agent" if emit == "agent" else "ops")
         if emit in ("placed", "plan"):
-            devices = known_ids().devices
-            pools = tuple(Pool(p.name, p.device, p.count) for p in spec.pools)
-            accelerators = {p.name for p in spec.pools if devices[p.device].kind != "cpu"}
-            # Until the planner lands (issue 4), a trivial placement stands in for it.
-            place(module, trivial_placement(module, pools, accelerators))
+            place(module, _plan(graph, _load(cluster, Cluster)).placement)
     except CompileError as error:
         raise _fail(f"{agent}: {error}") from None
     if emit == "plan":
@@ -155,6 +149,224 @@ def compile(
         typer.echo(text, nl=False)
     else:
         _write(output, text)
+
+
+@app.command()
+def plan(
+    agent: Path = typer.Argument(..., help="The AgentGraph YAML file."),
+    cluster: Path = typer.Option(..., "--cluster", help="The Cluster YAML file."),
+    solver: str = typer.Option("auto", "--solver", help="auto | milp | heuristic."),
+    objective: str = typer.Option("tco", "--objective", help="tco | latency."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Place an agent's operators at the lowest TCO that meets its SLA; compare with baselines."""
+    from hetagent.planner.plan import PlanOptions
+    from hetagent.planner.report import plan_json, plan_tables
+
+    for option, value, allowed in (
+        ("--solver", solver, ("auto", "milp", "heuristic")),
+        ("--objective", objective, ("tco", "latency")),
+    ):
+        if value not in allowed:
+            raise _fail(f"unknown {option} {value!r}; use one of {', '.join(allowed)}")
+    result = _plan(
+        _load(agent, AgentGraph),
+        _load(cluster, Cluster),
+        PlanOptions(solver=solver, objective=objective),
+    )
+    if as_json:
+        typer.echo(json.dumps(plan_json(result), indent=2))
+    else:
+        out.print(plan_tables(result))
+
+
+def _plan(graph: AgentGraph, cluster: Cluster, options=None):
+    """The planner's placement of an agent, or a one-line error and exit 2."""
+    from hetagent.planner.costmodel import CostModelError
+    from hetagent.planner.plan import PlanError, plan_agent
+
+    try:
+        return plan_agent(graph, cluster, options)
+    except (PlanError, CostModelError) as error:
+        raise _fail(
+            f"cannot plan {graph.metadata.name} on {cluster.metadata.name}: {error}"
+        ) from None
+
+
+costmodel_app = typer.Typer(help="The cost model: predict phase latencies, calibrate it.")
+app.add_typer(costmodel_app, name="costmodel")
+
+
+@costmodel_app.command("predict")
+def costmodel_predict(
+    model: str | None = typer.Option(None, "--model", help="A model id of the catalog."),
+    device: str | None = typer.Option(None, "--device", help="A device id of the catalog."),
+    devices: int = typer.Option(1, "--devices", min=1, help="Tensor-parallel devices."),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16 | fp8 | int8 (weights)."),
+    batch: int = typer.Option(1, "--batch", min=1),
+    input_len: int = typer.Option(1, "--input-len", min=1),
+    output_len: int = typer.Option(1, "--output-len", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    csv_file: Path | None = typer.Option(
+        None, "--csv", help="Rows of model,device,devices,dtype,batch,input_len,output_len."
+    ),
+) -> None:
+    """Prefill, decode step, TTFT, throughput and end-to-end latency of a configuration."""
+    import csv
+    import io
+
+    from hetagent.planner.costmodel import CostModel, CostModelError
+
+    cost_model = CostModel()
+    columns = ("model", "device", "devices", "dtype", "batch", "input_len", "output_len")
+    try:
+        if csv_file is None:
+            if model is None or device is None:
+                raise _fail("give --model and --device (or --csv FILE)")
+            prediction = cost_model.predict(
+                model,
+                device,
+                devices=devices,
+                dtype=dtype,
+                batch=batch,
+                input_len=input_len,
+                output_len=output_len,
+            )
+            if as_json:
+                typer.echo(json.dumps(prediction.as_dict(), indent=2))
+            else:
+                for key, value in prediction.as_dict().items():
+                    out.print(
+                        f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}"
+                    )
+            return
+        rows = list(csv.DictReader(io.StringIO(_read(csv_file))))
+        writer = None
+        for line, row in enumerate(rows, start=2):
+            try:
+                values = {key: row[key] for key in columns}
+                prediction = cost_model.predict(
+                    values["model"],
+                    values["device"],
+                    devices=int(values["devices"] or 1),
+                    dtype=values["dtype"] or "bf16",
+                    batch=int(values["batch"] or 1),
+                    input_len=int(values["input_len"]),
+                    output_len=int(values["output_len"]),
+                )
+            except (KeyError, ValueError) as error:
+                raise _fail(f"{csv_file}:{line}: {error} (columns: {','.join(columns)})") from None
+            if writer is None:
+                writer = csv.DictWriter(sys.stdout, [*row, *prediction.as_dict()])
+                writer.writeheader()
+            writer.writerow(row | prediction.as_dict())
+    except CostModelError as error:
+        raise _fail(str(error)) from None
+
+
+@costmodel_app.command("calibrate")
+def costmodel_calibrate(
+    measurements: Path = typer.Option(
+        ..., "--measurements", help="CSV of measured metrics (benchmarks/data/ has one)."
+    ),
+    split: str = typer.Option("calibration", "--split", help="calibration | all (rows used)."),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Where to write the fitted efficiencies (default: $HETAGENT_EFFICIENCY, "
+        "else ~/.config/hetagent/efficiency.csv).",
+    ),
+) -> None:
+    """Fit eta_compute, eta_memory and overhead per device and phase to measurements."""
+    import datetime
+    import os
+
+    from hetagent.planner.calibrate import (
+        fit,
+        mape,
+        packaged_efficiencies,
+        predictable,
+        read_measurements,
+        write_efficiencies,
+    )
+    from hetagent.planner.costmodel import CostModel, CostModelError
+
+    if split not in ("calibration", "all"):
+        raise _fail(f"unknown --split {split!r}; use one of calibration, all")
+    if output is None:
+        default = Path.home() / ".config/hetagent/efficiency.csv"
+        output = Path(os.environ.get("HETAGENT_EFFICIENCY") or default)
+    try:
+        rows = read_measurements(measurements)
+    except OSError as error:
+        raise _fail(f"cannot read {measurements}: {error.strerror or error}") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _fail(str(error)) from None
+    rows = [row for row in rows if split == "all" or row.split == split]
+    usable, skipped = predictable(rows)
+    if not usable:
+        raise _fail(f"{measurements}: no rows with a batch in split {split!r} to fit")
+    priors = packaged_efficiencies()
+    try:
+        fitted = fit(rows, origin=str(measurements))
+        before, after = CostModel(efficiencies=priors), CostModel(efficiencies=priors | fitted)
+        errors = {}
+        for device in dict.fromkeys(device for device, _ in fitted):
+            mine = [row for row in usable if row.device == device]
+            errors[device] = (mape(before, mine), mape(after, mine), len(mine))
+        overall = (mape(before, usable), mape(after, usable))
+    except (ValueError, CostModelError) as error:
+        raise _fail(str(error)) from None
+    try:
+        write_efficiencies(output, fitted, f"{datetime.date.today()}, split {split}")
+    except OSError as error:
+        raise _fail(f"cannot write {output}: {error.strerror or error}") from None
+
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("device", "phase", "eta_compute", "eta_memory", "overhead ms", "from"):
+        table.add_column(column)
+    for column in ("rows", "MAPE before %", "MAPE after %"):
+        table.add_column(column, justify="right")
+    for (device, phase), value in fitted.items():
+        status = "fitted" if value.source.startswith("fitted") else "prior (too few rows)"
+        before_pct, after_pct, count = errors[device]
+        first = phase == "prefill"
+        table.add_row(
+            *map(
+                escape,
+                (
+                    device if first else "",
+                    phase,
+                    f"{value.eta_compute:.3f}",
+                    f"{value.eta_memory:.3f}",
+                    f"{value.overhead_s * 1000:.2f}",
+                    status,
+                    str(count) if first else "",
+                    _percent(before_pct) if first else "",
+                    _percent(after_pct) if first else "",
+                ),
+            )
+        )
+    out.print(table)
+    out.print(
+        f"{len(usable)} rows: MAPE {_percent(overall[0])}% with the packaged priors, "
+        f"{_percent(overall[1])}% fitted; skipped {len(skipped)} rows without a batch "
+        f"(max-load runs)",
+        markup=False,
+    )
+    out.print(f"wrote {output}", markup=False)
+
+
+def _percent(value: float) -> str:
+    return "—" if value != value else f"{value:.1f}"  # nan: no rows
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise _fail(f"cannot read {path}: {error}") from None
 
 
 def _load(path: Path, kind: type) -> AgentGraph | Cluster:

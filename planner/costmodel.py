@@ -10,9 +10,18 @@ calibrated). One function per phase; the planner and the simulator both call the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 
-from hetagent.planner.catalog import Catalog, Device, Model, efficiency, load_catalog
+from hetagent.planner.catalog import (
+    Catalog,
+    Device,
+    Efficiency,
+    Model,
+    load_catalog,
+)
+from hetagent.planner.catalog import efficiency as catalog_efficiency
+from hetagent.planner.hostprobe import HOST_DEVICE, host_figures
 from hetagent.planner.workload import (
     Work,
     decode_step_work,
@@ -49,8 +58,17 @@ class Prediction:
 
 
 class CostModel:
-    def __init__(self, catalog: Catalog | None = None):
+    """`efficiencies`, keyed like catalog/efficiency.csv by (device id or device kind, phase),
+    come before the catalog's figures (packaged priors and calibration file): calibration
+    evaluates the model with candidate efficiencies this way, without writing a file."""
+
+    def __init__(
+        self,
+        catalog: Catalog | None = None,
+        efficiencies: Mapping[tuple[str, str], Efficiency] | None = None,
+    ):
         self.catalog = catalog or load_catalog()
+        self.efficiencies = dict(efficiencies or {})
 
     def model(self, model_id: str) -> Model:
         try:
@@ -59,10 +77,27 @@ class CostModel:
             raise CostModelError(f"unknown model {model_id!r}") from None
 
     def device(self, device_id: str) -> Device:
+        """A catalog device; `host-cpu` with the figures measured on this machine."""
         try:
-            return self.catalog.devices[device_id]
+            device = self.catalog.devices[device_id]
         except KeyError:
             raise CostModelError(f"unknown device {device_id!r}") from None
+        if device.id == HOST_DEVICE and device.bf16_tflops is None:
+            figures = host_figures()
+            device = replace(
+                device,
+                cores=figures.cores,
+                bf16_tflops=figures.flops / 1e12,
+                memory_gb=figures.memory_bytes / 1e9,
+                memory_bandwidth_gb_s=figures.memory_bandwidth / 1e9,
+            )
+        return device
+
+    def efficiency(self, device: Device, phase: str) -> Efficiency:
+        """This model's own figures for the device (by id, then kind), else the catalog's."""
+        own = self.efficiencies
+        found = own.get((device.id, phase)) or own.get((device.kind, phase))
+        return found or catalog_efficiency(device, phase)
 
     # -- the roofline -----------------------------------------------------------------------
 
@@ -78,7 +113,7 @@ class CostModel:
     ) -> Timing:
         """Roofline time of `work` split over `devices` devices of one kind, at the peak of the
         weights' precision (fp8 and int8 double bf16's on most accelerators)."""
-        eta = efficiency(device, phase)
+        eta = self.efficiency(device, phase)
         compute = work.flops / (eta.eta_compute * _peak_flops(device, dtype) * devices)
         memory = work.bytes / (eta.eta_memory * _bandwidth(device) * devices)
         network = network_bytes / _link_bandwidth(device) if network_bytes else 0.0

@@ -17,6 +17,14 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+# Relative slack on the SLA: a float sum of latencies can overshoot an SLA it meets exactly.
+SLA_TOLERANCE = 1e-9
+
+
+def within_sla(latency_s: float, sla_seconds: float | None) -> bool:
+    """The one SLA test every solver and `evaluate` share, so they never disagree on a tie."""
+    return sla_seconds is None or latency_s <= sla_seconds * (1 + SLA_TOLERANCE)
+
 
 @dataclass(frozen=True)
 class Option:
@@ -51,6 +59,12 @@ class PlacementProblem:
         graph.add_edges_from((e.source, e.target, {"bytes": e.bytes}) for e in self.edges)
         return graph
 
+    def check_placeable(self) -> None:
+        """Raises `Infeasible` naming the tasks no pool can run: then no placement exists at all."""
+        stranded = [task for task in self.tasks if not self.options.get(task)]
+        if stranded:
+            raise Infeasible(f"no pool can run {', '.join(stranded)}")
+
     def evaluate(self, assignment: Mapping[str, str]) -> Solution:
         """Latency (longest path) and cost of an assignment; `sla_met` against the SLA."""
         finish: dict[str, float] = {}
@@ -78,7 +92,7 @@ class PlacementProblem:
             path.append(last)
             last = critical[last]
         latency = max(finish.values(), default=0.0)
-        met = self.sla_seconds is None or latency <= self.sla_seconds * (1 + 1e-9)
+        met = within_sla(latency, self.sla_seconds)
         return Solution(dict(assignment), latency, cost, met, tuple(reversed(path)))
 
 
@@ -97,3 +111,14 @@ class Infeasible(Exception):
     def __init__(self, message: str, fastest: Solution | None = None):
         super().__init__(message)
         self.fastest = fastest
+
+    @classmethod
+    def sla_missed(cls, sla_seconds: float, fastest: Solution, proven: bool) -> Infeasible:
+        """Says how far off the SLA is and which path to shorten: the user's next move."""
+        path = " -> ".join(f"{task}@{fastest.assignment[task]}" for task in fastest.critical_path)
+        best = "best achievable" if proven else "fastest found (heuristic)"
+        return cls(
+            f"no placement meets the {sla_seconds:.6g} s SLA: {best} latency is "
+            f"{fastest.latency_s:.6g} s, critical path {path}",
+            fastest,
+        )

@@ -1,0 +1,237 @@
+"""How close the placement heuristic comes to the exact MILP, and how fast both are.
+
+Random agent DAGs on pools of catalog devices (planner/catalog/devices.csv, every device with a
+rent price; a pool is one device at its price, jittered per provider): LLM calls (prefill, bound
+by compute, then decode, bound by bandwidth, on the devices whose memory holds the model), tool
+calls (CPU pools only) and retrievals (anywhere), each step reading one or two earlier ones.
+Latency is placement-tco.md's roofline (eta_c 0.6, eta_m 0.85), cost is latency times the pool's
+$/s divided by the batch the request shares; KV caches cross pools at 200 Gb/s. The SLA is drawn
+between the fastest placement's latency (the MILP's) and the cheapest-per-op placement's.
+
+Prints the heuristic's cost gap to the MILP optimum and both solve times on --instances graphs
+(<= 30 tasks, <= 10 pools), then the heuristic alone on --large graphs of 1,000 tasks over 20
+pools (median of --runs each). Writes benchmarks/results/planner_quality.json.
+Targets: median gap <= 2 %, max <= 5 %, 1,000 tasks in under 1 s.
+
+    python benchmarks/planner_quality.py [--instances 60] [--large 3] [--runs 3] [--seed 0] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from hetagent.planner.catalog import load_catalog
+from hetagent.planner.placement import (
+    Edge,
+    Infeasible,
+    Option,
+    PlacementProblem,
+    cheapest_assignment,
+    solve_heuristic,
+    solve_milp,
+    solve_min_latency,
+    solve_min_latency_heuristic,
+)
+
+RESULTS = Path(__file__).parent / "results" / "planner_quality.json"
+CATALOG = load_catalog()
+DEVICES = [d for d in CATALOG.devices.values() if d.rent_usd_per_hour and d.bf16_tflops]
+MODELS = [
+    CATALOG.models[m] for m in ("llama-3.2-3b", "llama-3.1-8b", "qwen2.5-32b", "llama-3.1-70b")
+]
+ETA_C, ETA_M = 0.6, 0.85
+LINK_BYTES_S, LINK_FIXED_S = 25e9, 50e-6  # 200 Gb/s between pools
+DECODE_BATCH = 16  # requests sharing a decode step (and its device-hours)
+
+
+def make_pools(count: int, rng: random.Random) -> list[tuple[str, object, float]]:
+    """(name, device, $/s): distinct devices first, then the same devices again; every pool's
+    price is the catalog's times 0.6-1.4 (providers, discounts), so no device wins everywhere."""
+    cpus = [d for d in DEVICES if d.kind == "cpu"]
+    chosen = [rng.choice(cpus)]  # tools need a CPU pool
+    others = [d for d in DEVICES if d is not chosen[0]]
+    rng.shuffle(others)
+    chosen += others[: count - 1]
+    while len(chosen) < count:
+        chosen.append(rng.choice(DEVICES))
+    pools, seen = [], {}
+    for device in chosen:
+        seen[device.id] = seen.get(device.id, 0) + 1
+        name = device.id if seen[device.id] == 1 else f"{device.id}-{seen[device.id]}"
+        pools.append((name, device, device.rent_usd_per_hour * rng.uniform(0.6, 1.4) / 3600))
+    return pools
+
+
+def make_problem(tasks_wanted: int, pool_count: int, rng: random.Random) -> PlacementProblem:
+    """A random agent graph of about `tasks_wanted` tasks (no SLA yet)."""
+    pools = make_pools(pool_count, rng)
+    tasks: list[str] = []
+    options: dict[str, dict[str, Option]] = {}
+    edges: list[Edge] = []
+    outputs: list[str] = []  # each step's last task, which later steps read
+    while len(tasks) < tasks_wanted:
+        reads = sorted(set(rng.sample(outputs[-20:], min(len(outputs[-20:]), rng.randint(1, 2)))))
+        kind = rng.choices(["llm", "tool", "retrieve"], [5, 3, 2])[0]
+        step = f"s{len(outputs)}"
+        if kind == "llm" and len(tasks) + 2 <= tasks_wanted:
+            model = rng.choice(MODELS)
+            prompt, output = rng.randint(200, 4000), rng.randint(20, 800)
+            weights = model.params_b * 2e9
+            kv_per_token = 2 * model.layers * model.kv_heads * model.head_dim * 2
+            flops = 2 * model.active_params_b * 1e9 * prompt
+            step_bytes = model.active_params_b * 2e9 + kv_per_token * (prompt + output / 2)
+            prefill, decode = {}, {}
+            for name, device, dollars_s in pools:
+                if device.memory_gb is not None and device.memory_gb * 1e9 < 1.2 * weights:
+                    continue
+                t = flops / (ETA_C * device.bf16_tflops * 1e12) + 2e-3
+                prefill[name] = Option(t, t * dollars_s)
+                t = output * step_bytes / (ETA_M * device.memory_bandwidth_gb_s * 1e9)
+                decode[name] = Option(t, t * dollars_s / DECODE_BATCH)
+            options[f"{step}.prefill"], options[f"{step}.decode"] = prefill, decode
+            tasks += [f"{step}.prefill", f"{step}.decode"]
+            edges.append(Edge(f"{step}.prefill", f"{step}.decode", kv_per_token * prompt))
+            first, last = f"{step}.prefill", f"{step}.decode"
+        elif kind == "tool" or kind == "llm":
+            wait, work = rng.uniform(0.02, 1.0), rng.uniform(0.005, 0.2)
+            options[step] = {
+                name: Option(wait + work, (wait + work) * dollars_s / (device.cores or 32))
+                for name, device, dollars_s in pools
+                if device.kind == "cpu"
+            }
+            tasks.append(step)
+            first = last = step
+        else:
+            index_bytes = rng.uniform(0.5, 20) * 1e9
+            options[step] = {}
+            for name, device, dollars_s in pools:
+                t = index_bytes / (ETA_M * device.memory_bandwidth_gb_s * 1e9) + 1e-3
+                options[step][name] = Option(t, t * dollars_s)
+            tasks.append(step)
+            first = last = step
+        edges += [Edge(source, first, rng.uniform(1e3, 64e3)) for source in reads]
+        outputs.append(last)
+
+    def transfer_seconds(a: str, b: str, size: float) -> float:
+        return 0.0 if a == b else LINK_FIXED_S + size / LINK_BYTES_S
+
+    return PlacementProblem(
+        tuple(tasks), tuple(p[0] for p in pools), options, tuple(edges), transfer_seconds
+    )
+
+
+def with_sla(
+    problem: PlacementProblem, fastest_s: float, rng: random.Random
+) -> PlacementProblem | None:
+    """The SLA somewhere between the fastest placement's latency and the cheapest-per-op one's;
+    None when the cheapest is already the fastest (no trade-off to make)."""
+    cheapest_s = problem.evaluate(cheapest_assignment(problem)).latency_s
+    if cheapest_s <= fastest_s * (1 + 1e-6):
+        return None
+    sla = fastest_s + rng.uniform(0.05, 0.95) * (cheapest_s - fastest_s)
+    return replace(problem, sla_seconds=sla)
+
+
+def timed(solve, problem: PlacementProblem):
+    """(solution or None if Infeasible, seconds)."""
+    start = time.perf_counter()
+    try:
+        result = solve(problem)
+    except Infeasible:
+        result = None
+    return result, time.perf_counter() - start
+
+
+def small_instances(count: int, seed: int) -> dict:
+    """Heuristic vs MILP on random graphs of up to 30 tasks and 10 pools, with a trade-off."""
+    rng = random.Random(seed)
+    gaps, milp_times, heuristic_times, skipped, missed = [], [], [], 0, 0
+    while len(milp_times) < count:
+        problem = make_problem(rng.randint(4, 30), rng.randint(2, 10), rng)
+        problem = with_sla(problem, solve_min_latency(problem).latency_s, rng)
+        if problem is None:
+            skipped += 1
+            continue
+        exact, milp_s = timed(solve_milp, problem)
+        found, heuristic_s = timed(solve_heuristic, problem)
+        milp_times.append(milp_s)
+        heuristic_times.append(heuristic_s)
+        if found is None:
+            missed += 1
+        else:
+            gaps.append(100 * (found.cost_usd - exact.cost_usd) / exact.cost_usd)
+    return {
+        "instances": count,
+        "skipped_no_tradeoff": skipped,  # graphs whose cheapest placement is also the fastest
+        "heuristic_infeasible": missed,  # the MILP met the SLA, the heuristic did not
+        "median_gap_pct": statistics.median(gaps),
+        "max_gap_pct": max(gaps),
+        "within_2pct": sum(gap <= 2 for gap in gaps),
+        "milp_median_seconds": statistics.median(milp_times),
+        "milp_max_seconds": max(milp_times),
+        "heuristic_median_seconds": statistics.median(heuristic_times),
+    }
+
+
+def large_instances(count: int, runs: int, seed: int) -> dict:
+    """The heuristic alone on 1,000-task graphs over 20 pools (SLA from its own fastest)."""
+    rng = random.Random(seed + 1)
+    seconds, costs = [], []
+    while len(seconds) < count:
+        problem = make_problem(1000, 20, rng)
+        problem = with_sla(problem, solve_min_latency_heuristic(problem).latency_s, rng)
+        if problem is None:
+            continue
+        times = [timed(solve_heuristic, problem) for _ in range(runs)]
+        seconds.append(statistics.median(t for _, t in times))
+        found, cheapest = times[0][0], problem.evaluate(cheapest_assignment(problem))
+        costs.append(None if found is None else round(found.cost_usd / cheapest.cost_usd, 3))
+    return {
+        "graphs": count,
+        "heuristic_seconds_1000_ops": statistics.median(seconds),
+        "heuristic_seconds_each": [round(s, 3) for s in seconds],
+        "cost_vs_cheapest_per_op": costs,  # None: the heuristic found no placement in the SLA
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=60)
+    parser.add_argument("--large", type=int, default=3, help="1,000-task graphs")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    results = small_instances(args.instances, args.seed) | large_instances(
+        args.large, args.runs, args.seed
+    )
+    results = {k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    r = results
+    print(f"{r['instances']} graphs (<= 30 tasks, <= 10 pools), SLA binding on {r['sla_binding']}")
+    print(
+        f"  heuristic cost gap to MILP   median {r['median_gap_pct']:.2f} %   max {r['max_gap_pct']:.2f} %"
+        f"   within 2 %: {r['within_2pct']}   infeasible where MILP met: {r['heuristic_infeasible']}"
+    )
+    print(
+        f"  solve seconds                MILP median {r['milp_median_seconds']:.4f} (max {r['milp_max_seconds']:.3f})"
+        f"   heuristic median {r['heuristic_median_seconds']:.4f}"
+    )
+    print(f"{r['graphs']} graphs of 1,000 tasks over 20 pools")
+    print(
+        f"  heuristic seconds            median {r['heuristic_seconds_1000_ops']:.3f}  (each: {r['heuristic_seconds_each']}, median of {args.runs})"
+    )
+
+
+if __name__ == "__main__":
+    main()

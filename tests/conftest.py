@@ -1,0 +1,10 @@
+"""The whole suite runs apart from the user's files: no calibration of theirs changes a result,
+and nothing is written under their home directory (the CLI tests' subprocesses inherit this)."""
+
+import os
+import tempfile
+from pathlib import Path
+
+_scratch = Path(tempfile.mkdtemp(prefix="hetagent-tests-"))
+os.environ["HETAGENT_EFFICIENCY"] = str(_scratch / "efficiency.csv")  # absent: packaged priors
+os.environ["HETAGENT_HOST_PROBE"] = str(_scratch / "host-probe.json")
