@@ -95,10 +95,7 @@ def schema(
     document = model.model_json_schema(mode="validation")
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     text = json.dumps(document, indent=2) + "\n"
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        _write(output, text)
+    _emit(text, output)
 
 
 @app.command()
@@ -145,10 +142,7 @@ def compile(
         text = emit_plan(module, graph).model_dump_json(indent=2) + "\n"
     else:
         text = print_generic(module)
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        _write(output, text)
+    _emit(text, output)
 
 
 @app.command()
@@ -378,6 +372,14 @@ def _load(path: Path, kind: type) -> AgentGraph | Cluster:
     if not isinstance(document, kind):
         raise _fail(f"{path}: expected kind {kind.__name__}, got {document.kind}")
     return document
+
+
+def _emit(text: str, output: Path | None) -> None:
+    """Print the result, or write it to `output`."""
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        _write(output, text)
 
 
 def _write(path: Path, text: str) -> None:
