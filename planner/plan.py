@@ -29,9 +29,9 @@ from hetagent.compiler.dataflow import producer
 from hetagent.compiler.dialects import kv, llm, retr, tool
 from hetagent.compiler.dialects.agent import LOOP_EXPECTED_TURNS, LOOP_P95_TURNS, is_react_loop
 from hetagent.compiler.dialects.base import HetOp, from_attr
-from hetagent.compiler.placement import FOLLOWERS, Placement, Pool, placed_ops
+from hetagent.compiler.placement import FOLLOWERS, MODEL_OPS, Placement, Pool, placed_ops
 from hetagent.planner.catalog import Device, load_catalog
-from hetagent.planner.costmodel import CostModel, CostModelError
+from hetagent.planner.costmodel import MAX_TENSOR_PARALLEL, CostModel, CostModelError
 from hetagent.planner.fleet import PoolFleet, size_fleet
 from hetagent.planner.placement import baselines, solve
 from hetagent.planner.placement.problem import Edge, Infeasible, Option, PlacementProblem, Solution
@@ -119,6 +119,8 @@ def plan_agent(
         solution = solve(problem, solver=options.solver, objective=options.objective)
     except Infeasible as error:
         raise PlanError(str(error)) from None
+    except RuntimeError as error:  # the MILP's time limit ran out before any placement
+        raise PlanError(f"{error}; try --solver heuristic") from None
     ours = solution.cost_usd
     results = []
     for baseline in baselines(problem):
@@ -225,50 +227,17 @@ class _ProblemBuilder:
             edges=tuple(edges),
             transfer_seconds=self._transfer_seconds,
             sla_seconds=slo.p95_latency_seconds if slo else None,
+            host_tasks=frozenset(op.attr("id") for op in tasks if not isinstance(op, MODEL_OPS)),
         )
 
     def _option(self, op: HetOp, pool: str) -> Option | None:
         """Latency and cost of one run of `op` on `pool`, or None if it cannot run there."""
-        device, per_second = self.devices[pool], self.hourly[pool].per_second
-        slo = self.graph.spec.slo
-        model_ops = (llm.PrefillOp, llm.DecodeOp, retr.EmbedOp)
-        if isinstance(op, model_ops):
-            model = self.cost_model.model(op.attr("model"))
-            decode = isinstance(op, llm.DecodeOp)
-            batch = self.options.decode_batch if decode else 1
-            context = op.attr("tokens") + (_decode_context(op) if decode else 0)
-            devices = self.cost_model.min_devices(
-                model, device, batch=batch, context=context, dtype=self.options.dtype
-            )
-            if devices is None or devices > self.pool(pool).count:
-                return None
+        device = self.devices[pool]
+        if isinstance(op, MODEL_OPS):
             try:
-                if decode:
-                    step = self.cost_model.decode_step(
-                        model,
-                        device,
-                        round(_decode_context(op) + op.attr("tokens") / 2),
-                        batch=batch,
-                        devices=devices,
-                        dtype=self.options.dtype,
-                    ).seconds
-                    if slo and slo.tpot_seconds and step > slo.tpot_seconds:
-                        return None
-                    latency = step * op.attr("tokens")
-                else:
-                    latency = self.cost_model.prefill(
-                        model, device, op.attr("tokens"), devices=devices, dtype=self.options.dtype
-                    ).seconds
-                    if (
-                        slo
-                        and slo.ttft_seconds
-                        and isinstance(op, llm.PrefillOp)
-                        and latency > slo.ttft_seconds
-                    ):
-                        return None
+                return self._model_option(op, pool)
             except CostModelError:
                 return None  # the catalog lacks this device's figures
-            return Option(latency, latency * devices * per_second / batch)
         if self.has_cpu_pools and device.kind != "cpu":
             return None  # host operators run on the CPU pools when the cluster has some
         if isinstance(op, tool.ExecOp):
@@ -276,6 +245,38 @@ class _ProblemBuilder:
             return Option(latency, self._host_cost(latency, op.attr("cpu") or 1.0, pool))
         latency = HOST_OP_SECONDS.get(op.name, 1e-4)
         return Option(latency, self._host_cost(latency, 1.0, pool))
+
+    def _model_option(self, op: HetOp, pool: str) -> Option | None:
+        """The fewest devices of the pool (tensor parallel) that hold the model and its KV and
+        meet the SLO's TTFT (prefill) or TPOT (decode) bound; None if no count does."""
+        device, slo, dtype = self.devices[pool], self.graph.spec.slo, self.options.dtype
+        model = self.cost_model.model(op.attr("model"))
+        decode = isinstance(op, llm.DecodeOp)
+        batch = self.options.decode_batch if decode else 1
+        prompt = _decode_context(op) if decode else 0
+        devices = self.cost_model.min_devices(
+            model, device, batch=batch, context=op.attr("tokens") + prompt, dtype=dtype
+        )
+        bound = (slo.tpot_seconds if decode else slo.ttft_seconds) if slo else None
+        if isinstance(op, retr.EmbedOp):
+            bound = None  # TTFT is the generating model's
+        while devices is not None and devices <= min(self.pool(pool).count, MAX_TENSOR_PARALLEL):
+            if decode:
+                context = round(prompt + op.attr("tokens") / 2)
+                step = self.cost_model.decode_step(
+                    model, device, context, batch=batch, devices=devices, dtype=dtype
+                ).seconds
+                latency, meets = step * op.attr("tokens"), bound is None or step <= bound
+            else:
+                latency = self.cost_model.prefill(
+                    model, device, op.attr("tokens"), devices=devices, dtype=dtype
+                ).seconds
+                meets = bound is None or latency <= bound
+            if meets:
+                per_second = self.hourly[pool].per_second
+                return Option(latency, latency * devices * per_second / batch)
+            devices *= 2
+        return None
 
     def _host_cost(self, seconds: float, cores: float, pool: str) -> float:
         """A host operator's share of a CPU socket; on an accelerator's host, included."""

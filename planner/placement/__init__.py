@@ -6,13 +6,15 @@ from .baselines import Baseline, baselines
 from .heuristic import (
     cheapest_assignment,
     fastest_assignment,
+    homogeneous_assignment,
     solve_heuristic,
     solve_min_latency_heuristic,
 )
 from .milp import solve_milp, solve_min_latency
 from .problem import Edge, Infeasible, Option, PlacementProblem, Solution, within_sla
 
-# The MILP answers in well under a second up to here (benchmarks/planner_quality.py)
+# Up to here the MILP answers agent graphs in well under a second (benchmarks/planner_quality.py;
+# dense random DAGs of this size can take HiGHS tens of seconds)
 MILP_MAX_TASKS, MILP_MAX_POOLS, MILP_MAX_OPTIONS = 30, 10, 400
 
 
@@ -21,10 +23,11 @@ def solve(
     solver: Literal["auto", "milp", "heuristic"] = "auto",
     objective: Literal["tco", "latency"] = "tco",
 ) -> Solution:
-    """The cheapest placement meeting the SLA ("tco"), or the fastest one ("latency").
-
-    "auto" runs the exact MILP on small problems and the heuristic on the rest.
-    """
+    """The cheapest placement meeting the SLA ("tco"), or the fastest one, the cheapest among
+    equally fast ("latency"). "auto" runs the exact MILP on small problems (at most 30 tasks
+    and 10 pools, or 400 task-pool pairs) and the heuristic on the rest. "tco" raises
+    `Infeasible` when no placement meets the SLA (the heuristic: none it found); "latency"
+    returns the fastest whatever the SLA, its `sla_met` saying whether it holds."""
     if solver == "auto":
         small = len(problem.tasks) <= MILP_MAX_TASKS and len(problem.pools) <= MILP_MAX_POOLS
         options = len(problem.tasks) * len(problem.pools)
@@ -50,6 +53,7 @@ __all__ = [
     "baselines",
     "cheapest_assignment",
     "fastest_assignment",
+    "homogeneous_assignment",
     "solve",
     "solve_heuristic",
     "solve_milp",

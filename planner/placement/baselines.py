@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .heuristic import cheapest_assignment
+from .heuristic import cheapest_assignment, homogeneous_assignment
 from .problem import Infeasible, PlacementProblem, Solution
 
 
@@ -26,10 +26,10 @@ def baselines(problem: PlacementProblem) -> list[Baseline]:
 
 
 def _homogeneous(problem: PlacementProblem, pool: str) -> Baseline | None:
-    """All tasks on `pool`; None (no baseline) when some task cannot run there."""
-    if any(pool not in problem.options[task] for task in problem.tasks):
+    """All tasks on `pool` (host tasks where they can run); None when some cannot run there."""
+    assignment = homogeneous_assignment(problem, pool)
+    if assignment is None:
         return None
-    assignment = dict.fromkeys(problem.tasks, pool)
     return _judged(problem, f"homogeneous:{pool}", assignment, f"every task on {pool}")
 
 

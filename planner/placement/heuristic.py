@@ -1,12 +1,14 @@
 """A fast placement for graphs too large for the MILP (1,000 tasks on 20 pools well under 1 s).
 
-The production recipe of `shared/research/placement-tco.md`: start from every task's cheapest
-option; while the SLA is violated, upgrade the move on the critical path with the most latency
-gained per dollar; then move tasks (alone, or with a neighbour onto the neighbour's pool, such as
-the prefill and decode of one call) to cheaper options while the SLA holds. The same descent also
-runs from the fastest placement, and the cheaper result wins: the first start spends the slack on
-whatever it upgrades first, the second on whatever it downgrades first, and neither order is
-right everywhere.
+The production recipe of `shared/research/placement-tco.md`. `repair`: while the SLA is
+violated, make the move on the critical path with the most latency gained per dollar. `descend`:
+move tasks with slack to cheaper options while the SLA holds, alone or as a couple (a prefill and
+its decode: two neighbours nothing else joins) onto one pool, then try exchanges (a task made
+cheaper although the SLA breaks, `repair` elsewhere, kept if the whole is cheaper). Three starts
+are repaired and descended, the cheapest result wins: every task on its cheapest option, on its
+fastest, and on the one that finishes it first given its inputs' places (which fixes transfers
+the fastest start ignores); the cheapest start spends the slack on whatever it upgrades first,
+the others on whatever they downgrade first, and neither is right everywhere.
 
 Moving one task changes only the paths through it, so with every task's earliest start (`est`)
 and longest remaining path (`tail`, its own latency included) a move's effect on the SLA is exact
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 import heapq
 import operator
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from .problem import Infeasible, PlacementProblem, Solution, within_sla
 
 TIE = 1e-12  # relative: paths this close to the longest count as critical
 MAX_ROUNDS = 8  # of the descent; each round that finds nothing ends it earlier
+HOMOGENEOUS_STARTS = 3  # single-pool starts tried when the usual three cannot be repaired
+LOOK_AHEAD_WORK = 20_000  # tasks x look-ahead tries per placement, for when `repair` is stuck
 EXCHANGE_WORK = 5_000  # tasks x exchanges tried: every one on small graphs, a few on 1,000 tasks
 
 Move = dict[int, tuple[int, float, float]]  # task -> (pool, latency, cost) after the move
@@ -57,19 +61,40 @@ def fastest_assignment(problem: PlacementProblem) -> dict[str, str]:
     }
 
 
+def homogeneous_assignment(problem: PlacementProblem, pool: str) -> dict[str, str] | None:
+    """Every task on `pool`, but host tasks on their cheapest pool; None if some other task
+    cannot run there."""
+    cheapest = cheapest_assignment(problem) if problem.host_tasks else {}
+    assignment = {}
+    for task in problem.tasks:
+        if task in problem.host_tasks:
+            assignment[task] = pool if pool in problem.options[task] else cheapest[task]
+        elif pool in problem.options[task]:
+            assignment[task] = pool
+        else:
+            return None
+    return assignment
+
+
 def solve_heuristic(problem: PlacementProblem) -> Solution:
-    """The cheaper of the two descents, improved by exchanges; raises `Infeasible` only if
-    neither start can be repaired to meet the SLA."""
+    """The cheapest placement meeting the SLA found from the three starts. If none can be
+    repaired to meet it, the fastest single-pool placements (no transfers to fix) are tried as
+    starts too; raises `Infeasible` with the fastest placement found if none of them can be."""
     problem.check_placeable()
     if not problem.tasks:
         return problem.evaluate({})
     sla = problem.sla_seconds
-    starts = [cheapest_assignment(problem)]
+    placements = [_Placement(problem, cheapest_assignment(problem))]
     if sla is not None:  # without an SLA there is no slack to spend: the cheapest start it is
-        starts.append(fastest_assignment(problem))
-    placements = [_Placement(problem, start) for start in starts]
+        fastest = fastest_assignment(problem)
+        placements += [_Placement(problem, fastest), _Placement(problem, fastest).finish_early()]
     met = [placement for placement in placements if placement.repair(sla)]
-    if not met:  # the fastest start, repaired until stuck: transfers fixed as far as moves can
+    for start in [] if met else _fastest_homogeneous(problem):
+        placements.append(_Placement(problem, start))
+        if placements[-1].repair(sla):
+            met.append(placements[-1])
+            break
+    if not met:
         tried = (problem.evaluate(placement.assignment()) for placement in placements)
         raise Infeasible.sla_missed(sla, min(tried, key=lambda s: s.latency_s), proven=False)
     for placement in met:
@@ -80,15 +105,27 @@ def solve_heuristic(problem: PlacementProblem) -> Solution:
 
 
 def solve_min_latency_heuristic(problem: PlacementProblem) -> Solution:
-    """The fastest placement found (fastest options, then transfers fixed), then made cheaper
-    without getting slower."""
+    """The fastest placement found, then made cheaper without getting slower. `repair` with a
+    zero SLA shortens each start (fastest options, earliest finishes, the fastest single pool)
+    until no move helps."""
     problem.check_placeable()
     if not problem.tasks:
         return problem.evaluate({})
-    placement = _Placement(problem, fastest_assignment(problem))
-    placement.repair(0.0)  # stops when no move shortens the critical path
-    placement.descend(placement.makespan())
-    return problem.evaluate(placement.assignment())
+    starts = [fastest_assignment(problem), *_fastest_homogeneous(problem)[:1]]
+    placements = [_Placement(problem, start) for start in starts]
+    placements.append(_Placement(problem, starts[0]).finish_early())
+    for placement in placements:
+        placement.repair(0.0)
+    fastest = min(placements, key=_Placement.makespan)
+    fastest.descend(fastest.makespan())
+    return problem.evaluate(fastest.assignment())
+
+
+def _fastest_homogeneous(problem: PlacementProblem) -> list[dict[str, str]]:
+    """The single-pool placements, fastest first, at most HOMOGENEOUS_STARTS of them."""
+    found = filter(None, (homogeneous_assignment(problem, pool) for pool in problem.pools))
+    ranked = sorted(found, key=lambda start: problem.evaluate(start).latency_s)
+    return ranked[:HOMOGENEOUS_STARTS]
 
 
 class _Placement:
@@ -115,6 +152,8 @@ class _Placement:
         self.preds: list[list[tuple[int, int]]] = [[] for _ in self.tasks]  # (source, edge)
         self.succs: list[list[tuple[int, int]]] = [[] for _ in self.tasks]  # (target, edge)
         self.ends = [(index[e.source], index[e.target]) for e in problem.edges]
+        if any(u >= v for u, v in self.ends):  # every sweep and propagation relies on it
+            raise ValueError("PlacementProblem.tasks must be in a topological order")
         for k, (u, v) in enumerate(self.ends):
             self.preds[v].append((u, k))
             self.succs[u].append((v, k))
@@ -133,6 +172,7 @@ class _Placement:
         self.cost = [problem.options[t][start[t]].cost_usd for t in self.tasks]
         self.est = [0.0] * len(self.tasks)
         self.tail = [0.0] * len(self.tasks)
+        self.look_aheads = max(1, LOOK_AHEAD_WORK // len(self.tasks))
         for v in range(len(self.tasks)):
             self.est[v] = self._start(v, self.pool[v])
         self._recompute_tails()
@@ -191,6 +231,19 @@ class _Placement:
             if after > rest:
                 rest = after
         return rest
+
+    def finish_early(self) -> _Placement:
+        """Each task, in topological order, on the option that finishes it first given where
+        its inputs are (earliest-finish-time list scheduling; pools are not contended here)."""
+        pool, est = self.pool, self.est
+        for v in range(len(self.tasks)):
+            finish, pool[v], self.lat[v], self.cost[v] = min(
+                (self._start(v, q) + latency, q, latency, cost)
+                for q, latency, cost in self.options[v]
+            )
+            est[v] = finish - self.lat[v]
+        self._recompute_tails()
+        return self
 
     def _recompute_tails(self) -> None:
         for u in reversed(range(len(self.tasks))):
@@ -271,7 +324,7 @@ class _Placement:
                         queued.add(v)
                         heapq.heappush(queue, -v)
 
-    def _pairs(self):
+    def _pairs(self) -> Iterable[tuple[int, int, list[Move]]]:
         """Couples on different pools, each with its moves onto one pool both can run on."""
         for u, v in self.couples:
             if self.pool[u] != self.pool[v]:
@@ -280,29 +333,67 @@ class _Placement:
 
     # --- the two phases ----------------------------------------------------------------------
 
-    def repair(self, sla: float | None, held: frozenset[int] = frozenset()) -> bool:
+    def repair(
+        self, sla: float | None, held: frozenset[int] = frozenset(), look_ahead: bool = True
+    ) -> bool:
         """Upgrades on the critical path, most latency per dollar first, until the SLA holds.
 
         Gains count only up to the SLA's excess, so a cheap small upgrade beats a dear big one
-        when the small one suffices. When no single task's move shortens the critical path, two
-        critical neighbours move together onto one pool, so the transfer between them vanishes.
-        Tasks in `held` stay where they are. False when nothing shortens the path any more.
+        when the small one suffices. Each round ranks every critical task's best upgrade and
+        makes them in that order, skipping neighbours of tasks already moved, until their gains
+        add up to the excess: far fewer rounds when hundreds of tasks need upgrading, and the
+        same choices when one does. When no single task's move shortens the critical path, a
+        critical couple moves onto one pool, so the transfer between them vanishes; when that
+        fails too, `_look_ahead`. Tasks in `held` stay where they are. False when nothing
+        shortens the path any more.
         """
         for _ in range(len(self.tasks) * self.n_pools + 1):
             makespan = self.makespan()
             if within_sla(makespan, sla):
                 return True
+            excess = makespan - sla
             critical = [v for v in self.critical(makespan) if v not in held]
             singles = (self._could_shorten(v, makespan) for v in critical)
-            best = self._best_upgrade(makespan, makespan - sla, singles)
-            if best is None:
+            ranked = self._ranked_upgrades(makespan, excess, singles)
+            if not ranked:
                 on_path = set(critical)
                 pairs = (moves for u, v, moves in self._pairs() if u in on_path and v in on_path)
-                best = self._best_upgrade(makespan, makespan - sla, pairs)
-            if best is None:
+                ranked = self._ranked_upgrades(makespan, excess, pairs)[:1]
+            if ranked:
+                moved: set[int] = set()
+                for gain, move in ranked:
+                    if excess <= 0:
+                        break
+                    if moved.isdisjoint(self._neighbourhood(move)):
+                        self.apply(move)
+                        moved |= move.keys()
+                        excess -= gain
+                continue
+            if not (look_ahead and self._look_ahead(sla, makespan, critical, held)):
                 return False
-            self.apply(best)
         return within_sla(self.makespan(), sla)
+
+    def _look_ahead(
+        self, sla: float, makespan: float, critical: list[int], held: frozenset[int]
+    ) -> bool:
+        """Stuck: a critical task to another option although its paths get longer, then
+        `repair` around it (the task held); kept if the makespan shrinks. Reaches group moves (a
+        task and its neighbours onto one pool) that no single move does. Each placement has
+        LOOK_AHEAD_WORK / tasks tries in all."""
+        for v in critical:
+            for option in self.options[v]:
+                if option[0] == self.pool[v]:
+                    continue
+                if self.look_aheads <= 0:
+                    return False
+                self.look_aheads -= 1
+                snapshot = self.snapshot()
+                self.apply({v: option})
+                self.repair(sla, held | {v}, look_ahead=False)
+                if self.makespan() < makespan * (1 - TIE):
+                    return True
+                self.restore(snapshot)
+        return False
 
     def _could_shorten(self, v: int, makespan: float) -> list[Move]:
         """v's moves that might shorten the paths through it: not those whose latency, with
@@ -313,10 +404,15 @@ class _Placement:
         ceiling = makespan * (1 - TIE) - ready - after
         return [{v: option} for option in self.options[v] if option[1] < ceiling]
 
-    def _best_upgrade(self, makespan: float, excess: float, candidates) -> Move | None:
-        """Free shortenings first (the biggest), then the most latency (up to `excess`) per $."""
-        best, best_key = None, (-1, 0.0)
+    def _ranked_upgrades(
+        self, makespan: float, excess: float, candidates: Iterable[list[Move]]
+    ) -> list[tuple[float, Move]]:
+        """The best upgrade of each candidate group (one task's moves, or one couple's) with
+        its gain, best first: free shortenings (the biggest), then the most latency, counted
+        up to `excess`, per dollar."""
+        ranked = []
         for moves in candidates:
+            best, best_key = None, (-1, 0.0)
             for move in moves:
                 if all(self.pool[v] == q for v, (q, _, _) in move.items()):
                     continue
@@ -326,11 +422,22 @@ class _Placement:
                 extra = self.delta_cost(move)
                 key = (1, gain) if extra <= 0 else (0, min(gain, excess) / extra)
                 if key > best_key:
-                    best, best_key = move, key
-        return best
+                    best, best_key = (gain, move), key
+            if best is not None:
+                ranked.append((best_key, best))
+        ranked.sort(key=operator.itemgetter(0), reverse=True)
+        return [best for _, best in ranked]
+
+    def _neighbourhood(self, move: Move) -> set[int]:
+        """The moved tasks and their neighbours: whose transfers the move changes."""
+        near = set(move)
+        for v in move:
+            near.update(u for u, _ in self.preds[v])
+            near.update(w for w, _ in self.succs[v])
+        return near
 
     def descend(self, sla: float | None, exchanges: int = 0) -> None:
-        """Cheaper options for tasks with slack, alone, then neighbours together, then (up to
+        """Cheaper options for tasks with slack, alone, then as couples, then (up to
         `exchanges` tries) by exchange, while the SLA holds; until a round finds nothing."""
         for _ in range(MAX_ROUNDS):
             improved = self._sweep(sla)

@@ -2,18 +2,20 @@
 
 Read it next to `shared/research/placement-tco.md` ("SLA over the DAG"). For every task t and
 every pool p that can run it, x[t,p] = 1 when t runs on p; s[t] is t's start time. For every edge
-e = (u, v) that can cost transfer time or money, z[e,p,q] = x[u,p]·x[v,q] (u on p, v on q):
+e = (u, v) and pools (p, q) between which it costs transfer time T[e,p,q] or money C[e,p,q],
+z[e,p,q] = 1 when u runs on p and v on q:
 
     minimize    Σ_t Σ_p cost[t,p] x[t,p] + Σ_e Σ_p,q C[e,p,q] z[e,p,q]
-    subject to  Σ_p x[t,p] = 1                                     for every task    (assignment)
-                Σ_q z[e,p,q] = x[u,p],  Σ_p z[e,p,q] = x[v,q]      for every edge    (edge pools)
+    subject to  Σ_p x[t,p] = 1                                    for every task     (assignment)
+                z[e,p,q] ≥ x[u,p] + x[v,q] - 1                    for every e, p, q  (transfer)
                 s[v] ≥ s[u] + Σ_p lat[u,p] x[u,p] + Σ_p,q T[e,p,q] z[e,p,q]          (precedence)
-                s[t] + Σ_p lat[t,p] x[t,p] ≤ SLA                   for every sink    (SLA)
-                x ∈ {0,1},  z ≥ 0,  s ≥ 0
+                s[t] + Σ_p lat[t,p] x[t,p] ≤ SLA                  for every sink     (SLA)
+                x ∈ {0,1},  0 ≤ z ≤ 1,  s ≥ 0
 
-The edge-pool rows make z the product of the two x's whenever x is integral (the transportation
-form): 2·P rows per edge instead of the P² of z ≥ x[u,p] + x[v,q] - 1, a tighter relaxation, and
-exact even if some transfer were priced below zero. T and C include p = q, as `evaluate` does.
+z may stay continuous: T and C are never negative, so z is pushed down onto its bound, which is
+x[u,p]·x[v,q] when x is integral. (The transportation form, Σ_q z[e,p,q] = x[u,p] and
+Σ_p z[e,p,q] = x[v,q], relaxes tighter but solved no faster with HiGHS on our benchmarks.) Like
+`evaluate`, T and C include p = q where the problem says moving within a pool costs something.
 `solve_min_latency` replaces the objective with a makespan M ≥ every sink's finish.
 
 Seconds are divided by the SLA (or the fastest placement's latency) and dollars by the dearest
@@ -25,21 +27,40 @@ no-good row (Σ x over its choices ≤ tasks - 1) and the MILP solved again.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
+from .heuristic import fastest_assignment
 from .problem import Infeasible, PlacementProblem, Solution, within_sla
 
 # HiGHS's defaults (1e-6, 1e-7) let a sink finish ppm past the SLA, which `evaluate` (1e-9)
 # rejects; at 1e-9 HiGHS calls some SLAs that the fastest placement meets exactly infeasible.
-# In between, neither happened on 1,350 random instances; the fallbacks below cover the rest.
+# In between, neither showed in ~3,000 random cases; the fallbacks below cover the rest.
 TOLERANCES = {"mip_feasibility_tolerance": 1e-8, "primal_feasibility_tolerance": 1e-9}
 MIP_REL_GAP = 1e-6  # "exact": HiGHS's default 1e-4 lets brute force beat it on near-ties
 RETRIES = 5  # placements HiGHS may return just over the SLA before giving up on the SLA row
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """HiGHS's C++ core can print to the process's stdout (file descriptor 1) whatever `disp`
+    says; that would corrupt `hetagent plan --json`. Send it to stderr while it runs."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def solve_milp(problem: PlacementProblem, time_limit_s: float = 60) -> Solution:
@@ -99,11 +120,7 @@ def _min_cost(problem: PlacementProblem, sla: float | None, time_limit_s: float)
 
 def _all_fastest_latency(problem: PlacementProblem) -> float:
     """A time scale for the latency objective: every task on its fastest option."""
-    options = problem.options
-    fastest = {
-        t: min(options[t], key=lambda p, t=t: options[t][p].latency_s) for t in problem.tasks
-    }
-    return problem.evaluate(fastest).latency_s or 1.0
+    return problem.evaluate(fastest_assignment(problem)).latency_s or 1.0
 
 
 @dataclass
@@ -116,7 +133,7 @@ class _Formulation:
     x: dict[tuple[str, str], int] = field(default_factory=dict)  # (task, pool) -> column
     s: dict[str, int] = field(default_factory=dict)  # task -> column
     z: dict[int, dict[tuple[str, str], int]] = field(default_factory=dict)  # edge -> (p, q) ->
-    T: dict[int, dict[tuple[str, str], float]] = field(default_factory=dict)  # same keys, scaled
+    T: dict[int, dict[tuple[str, str], float]] = field(default_factory=dict)  # edge -> (p, q) ->
     sinks: list[str] = field(default_factory=list)
     cost: dict[int, float] = field(default_factory=dict)  # column -> scaled $
     integer: list[bool] = field(default_factory=list)
@@ -136,22 +153,21 @@ class _Formulation:
             pairs = [(p, q) for p in options[u] for q in options[v]]
             T = {pq: problem.transfer_seconds(*pq, e.bytes) / self.time_scale for pq in pairs}
             C = {pq: problem.transfer_cost_usd(*pq, e.bytes) / cost_scale for pq in pairs}
-            if not any(T.values()) and not any(C.values()):
-                continue  # free everywhere: no z, no edge-pool rows
-            z = self.z[i] = {pq: self.var(upper=1.0) for pq in pairs}
+            if min(T.values()) < 0 or min(C.values()) < 0:
+                raise ValueError(f"negative transfer time or cost on {u} -> {v}")
+            z = self.z[i] = {pq: self.var(upper=1.0) for pq in pairs if T[pq] or C[pq]}
             self.T[i] = T
-            self.cost |= {z[pq]: C[pq] for pq in pairs}
-            for p in options[u]:  # edge pools: u's row of z sums to x[u,p]
-                self.row({z[p, q]: 1.0 for q in options[v]} | {self.x[u, p]: -1.0}, 0, 0)
-            for q in options[v]:  # edge pools: v's column of z sums to x[v,q]
-                self.row({z[p, q]: 1.0 for p in options[u]} | {self.x[v, q]: -1.0}, 0, 0)
+            for p, q in z:
+                self.cost[z[p, q]] = C[p, q]
+                # transfer: z is 1 when u runs on p and v on q
+                self.row({z[p, q]: 1.0, self.x[u, p]: -1.0, self.x[v, q]: -1.0}, lower=-1.0)
         for t in problem.tasks:
             self.row({self.x[t, p]: 1.0 for p in options[t]}, 1, 1)  # assignment: one pool each
         if not self.timed:
             return
         self.s = {t: self.var(upper=math.inf) for t in problem.tasks}
         for i, e in enumerate(problem.edges):
-            z, T = self.z.get(i, {}), self.T.get(i, {})
+            z, T = self.z[i], self.T[i]
             transfer = {z[pq]: -T[pq] for pq in z if T[pq]}
             # precedence: v starts once u has finished and u's output has reached v's pool
             self.row({self.s[e.target]: 1.0} | self.finish(e.source, -1.0) | transfer, lower=0.0)
@@ -187,7 +203,8 @@ class _Formulation:
         ]
         rows, cols, vals = zip(*entries, strict=True)
         matrix = coo_array((vals, (rows, cols)), shape=(len(self.rows), n)).tocsr()
-        with warnings.catch_warnings():  # scipy warns that it passes the tolerances on verbatim
+        with warnings.catch_warnings(), _stdout_to_stderr():
+            # scipy warns that it passes the tolerances on verbatim
             warnings.filterwarnings("ignore", "Unrecognized options", RuntimeWarning)
             result = milp(
                 c,
@@ -196,7 +213,8 @@ class _Formulation:
                 constraints=LinearConstraint(
                     matrix, [r[1] for r in self.rows], [r[2] for r in self.rows]
                 ),
-                options={"time_limit": time_limit_s, "mip_rel_gap": MIP_REL_GAP} | TOLERANCES,
+                options={"time_limit": time_limit_s, "mip_rel_gap": MIP_REL_GAP, "disp": False}
+                | TOLERANCES,
             )
         if result.x is None:
             if result.status == 2:  # proven infeasible

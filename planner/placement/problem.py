@@ -50,6 +50,9 @@ class PlacementProblem:
     # seconds to move `bytes` from one pool to another (0 within a pool)
     transfer_seconds: Callable[[str, str, float], float]
     sla_seconds: float | None = None  # end to end; None: no SLA, cheapest wins
+    # Tasks the cluster's host CPUs run wherever the model runs (tool calls, templates): a
+    # single-pool baseline keeps them on their cheapest pool.
+    host_tasks: frozenset[str] = frozenset()
     # $ per request of moving bytes between pools (network is usually priced in the pools' hours)
     transfer_cost_usd: Callable[[str, str, float], float] = field(default=lambda a, b, n: 0.0)
 
