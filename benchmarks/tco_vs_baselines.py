@@ -67,21 +67,22 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
 
-    def ratio(value):
-        return "-" if value is None else f"{value:.2f}x"
+    def ratio(value, met=True):
+        return "-" if value is None else f"{value:.2f}x" + ("" if met else " (misses SLA)")
 
     print(
         f"{'agent':<15} {'ours $/req':>11} {'SLA':>5} {'vs H100':>8} {'vs best single':>24} "
-        f"{'vs per-task SLA':>16}"
+        f"{'vs per-task SLA':>22}"
     )
     for name, row in agents.items():
         if "error" in row:
             print(f"{name:<15} cannot plan: {row['error']}")
             continue
         best = f"{ratio(row['best_single_ratio'])} ({row['best_single']})"
+        per_task = ratio(row["per_task_sla_ratio"], row["per_task_sla_met"])
         print(
             f"{name:<15} {row['ours_usd']:>11.4g} {'met' if row['sla_met'] else 'MISS':>5} "
-            f"{ratio(row['h100_ratio']):>8} {best:>24} {ratio(row['per_task_sla_ratio']):>16}"
+            f"{ratio(row['h100_ratio'], row['h100_sla_met']):>8} {best:>24} {per_task:>22}"
         )
 
 
