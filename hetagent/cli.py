@@ -150,8 +150,9 @@ def plan(
     agent: Path = typer.Argument(..., help="The AgentGraph YAML file."),
     cluster: Path = typer.Option(..., "--cluster", help="The Cluster YAML file."),
     solver: str = typer.Option("auto", "--solver", help="auto | milp | heuristic."),
-    objective: str = typer.Option("tco", "--objective", help="tco | latency."),
+    objective: str = typer.Option("tco", "--objective", help="tco | latency | energy."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    plot: Path | None = typer.Option(None, "--plot", help="Draw the plan into this PNG file."),
 ) -> None:
     """Place an agent's operators at the lowest TCO that meets its SLA; compare with baselines."""
     from hetagent.planner.plan import PlanOptions
@@ -159,7 +160,7 @@ def plan(
 
     for option, value, allowed in (
         ("--solver", solver, ("auto", "milp", "heuristic")),
-        ("--objective", objective, ("tco", "latency")),
+        ("--objective", objective, ("tco", "latency", "energy")),
     ):
         if value not in allowed:
             raise _fail(f"unknown {option} {value!r}; use one of {', '.join(allowed)}")
@@ -168,6 +169,13 @@ def plan(
         _load(cluster, Cluster),
         PlanOptions(solver=solver, objective=objective),
     )
+    if plot is not None:
+        from hetagent.planner.plot import plot_plan
+
+        try:
+            plot_plan(result, plot)
+        except OSError as error:
+            raise _fail(f"cannot write {plot}: {error.strerror}") from None
     if as_json:
         typer.echo(json.dumps(plan_json(result), indent=2))
     else:

@@ -19,7 +19,7 @@ TCO model a cost per request:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
@@ -49,7 +49,7 @@ DEFAULT_LINK = (12.5e9, 10e-6)  # 100 Gb/s Ethernet, 10 us: pools with no link d
 @dataclass(frozen=True)
 class PlanOptions:
     solver: str = "auto"  # auto | milp | heuristic
-    objective: str = "tco"  # tco | latency
+    objective: str = "tco"  # tco | latency | energy
     decode_batch: int = 16  # sequences one decode step serves (continuous batching)
     dtype: str = "bf16"
 
@@ -86,6 +86,7 @@ class AgentPlan:
     hourly: dict[str, HourlyCost] = field(default_factory=dict)
     pools: tuple[Pool, ...] = ()
     fleet: list[PoolFleet] = field(default_factory=list)
+    energy_joules: float = 0.0  # per request, devices' power at the cluster's PUE
 
     @property
     def placement(self) -> Placement:
@@ -116,7 +117,11 @@ def plan_agent(
     builder = _ProblemBuilder(graph, cluster, cost_model, options)
     problem = builder.build(module)
     try:
-        solution = solve(problem, solver=options.solver, objective=options.objective)
+        if options.objective == "energy":  # least energy within the SLA, then priced
+            energy_solution = solve(builder.energy_problem(problem), solver=options.solver)
+            solution = problem.evaluate(energy_solution.assignment)
+        else:
+            solution = solve(problem, solver=options.solver, objective=options.objective)
     except Infeasible as error:
         raise PlanError(str(error)) from None
     except RuntimeError as error:  # the MILP's time limit ran out before any placement
@@ -166,6 +171,7 @@ def plan_agent(
         hourly=builder.hourly,
         pools=builder.pools,
         fleet=fleet,
+        energy_joules=sum(builder.energy[task, pool] for task, pool in solution.assignment.items()),
     )
 
 
@@ -189,6 +195,7 @@ class _ProblemBuilder:
         except ValueError as error:
             raise PlanError(str(error)) from None
         self.has_cpu_pools = any(d.kind == "cpu" for d in self.devices.values())
+        self.energy: dict[tuple[str, str], float] = {}  # (task, pool) -> joules per request
         self.kinds: dict[str, str] = {}
         self.output_tokens = 0
 
@@ -204,6 +211,8 @@ class _ProblemBuilder:
             options[task] = {}
             for pool in self.pools:
                 option = self._option(op, pool.name)
+                if option is not None:
+                    self.energy[task, pool.name] = self._joules(option, pool.name) * expected
                 if option is not None:
                     options[task][pool.name] = Option(
                         option.latency_s * p95, option.cost_usd * expected
@@ -277,6 +286,24 @@ class _ProblemBuilder:
                 return Option(latency, latency * devices * per_second / batch)
             devices *= 2
         return None
+
+    def _joules(self, option: Option, pool: str) -> float:
+        """Energy of an option: the devices' power for the share of their time it takes (its
+        cost over the pool's $ per device-second), at the cluster's utilization and PUE."""
+        per_second = self.hourly[pool].per_second
+        device_seconds = option.cost_usd / per_second if per_second > 0 else 0.0
+        energy = self.cluster.spec.energy
+        return device_seconds * (self.devices[pool].tdp_w or 0.0) * energy.utilization * energy.pue
+
+    def energy_problem(self, problem: PlacementProblem) -> PlacementProblem:
+        """The same problem with joules per request in place of dollars."""
+        options = {
+            task: {
+                pool: Option(o.latency_s, self.energy[task, pool]) for pool, o in by_pool.items()
+            }
+            for task, by_pool in problem.options.items()
+        }
+        return replace(problem, options=options)
 
     def _host_cost(self, seconds: float, cores: float, pool: str) -> float:
         """A host operator's share of a CPU socket; on an accelerator's host, included."""

@@ -22,6 +22,7 @@ def plan_json(plan: AgentPlan) -> dict[str, Any]:
         "sla_met": solution.sla_met,
         "tco_per_request_usd": solution.cost_usd,
         "usd_per_million_tokens": plan.usd_per_million_tokens,
+        "energy_joules_per_request": plan.energy_joules,
         "critical_path": list(solution.critical_path),
         "assignments": [vars(a) for a in plan.assignments],
         "baselines": [vars(b) for b in plan.baselines],
@@ -57,7 +58,7 @@ def plan_tables(plan: AgentPlan) -> Group:
             if plan.usd_per_million_tokens
             else ""
         )
-        + "; * marks the critical path"
+        + f"; {plan.energy_joules:.4g} J per request; * marks the critical path"
     )
     comparison = Table(title="baselines (ratio = baseline cost / ours)", show_edge=False)
     for column in ("baseline", "$/request", "latency s", "SLA", "ratio"):

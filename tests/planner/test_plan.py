@@ -87,3 +87,20 @@ def test_bad_options_are_user_errors():
     result = run("plan", str(CODING), "--cluster", str(MIXED), "--solver", "magic")
     assert result.returncode == 2
     assert result.stderr.strip() == "unknown --solver 'magic'; use one of auto, milp, heuristic"
+
+
+def test_energy_objective_uses_no_more_energy_than_tco():
+    graph, cluster = hetagent.load(ROOT / "examples/agents/rag-qa.yaml"), hetagent.load(MIXED)
+    cheapest = plan_agent(graph, cluster)
+    frugal = plan_agent(graph, cluster, PlanOptions(objective="energy"))
+    assert frugal.solution.sla_met
+    assert frugal.energy_joules <= cheapest.energy_joules + 1e-9
+    assert frugal.solution.cost_usd >= cheapest.solution.cost_usd - 1e-12
+
+
+def test_plot_writes_a_png(tmp_path):
+    image = tmp_path / "plan.png"
+    result = run("plan", str(CODING), "--cluster", str(MIXED), "--plot", str(image), "--json")
+    assert result.returncode == 0, result.stderr
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(result.stdout)["energy_joules_per_request"] > 0
