@@ -44,6 +44,7 @@ from hetagent.planner.placement import (
     solve_min_latency,
     solve_min_latency_heuristic,
 )
+from hetagent.planner.placement.synthetic import random_problem
 
 RESULTS = Path(__file__).parent / "results" / "planner_quality.json"
 CATALOG = load_catalog()
@@ -156,32 +157,7 @@ def timed(solve, problem: PlacementProblem) -> tuple[Solution | None, float]:
 
 def stress_problem(tasks_wanted: int, pool_count: int, rng: random.Random) -> PlacementProblem:
     """A dense random DAG with transfers as slow as the tasks (see the module docstring)."""
-    tasks = tuple(f"t{i}" for i in range(tasks_wanted))
-    pools = tuple(f"p{k}" for k in range(pool_count))
-    speed = {p: rng.uniform(0.5, 4.0) for p in pools}
-    price = {p: speed[p] ** rng.uniform(1.0, 2.0) * rng.uniform(0.7, 1.3) for p in pools}
-    options = {}
-    for task in tasks:
-        work = rng.uniform(1, 10)
-        runnable = [p for p in pools if rng.random() < 0.8] or [rng.choice(pools)]
-        options[task] = {p: Option(work / speed[p], work / speed[p] * price[p]) for p in runnable}
-    density = rng.uniform(0.1, 0.4)
-    edges = tuple(
-        Edge(tasks[i], tasks[j], rng.uniform(0, 10))
-        for j in range(len(tasks))
-        for i in range(j)
-        if rng.random() < density
-    )
-    link = {(a, b): 0.0 if a == b else rng.uniform(0.02, 0.3) for a in pools for b in pools}
-    money = rng.choice([0.0, 0.02])
-    return PlacementProblem(
-        tasks,
-        pools,
-        options,
-        edges,
-        transfer_seconds=lambda a, b, size: link[a, b] * size,
-        transfer_cost_usd=lambda a, b, size: 0.0 if a == b else money * size,
-    )
+    return random_problem(rng, tasks=tasks_wanted, pools=pool_count, density=(0.1, 0.4))
 
 
 def versus_milp(make, count: int, seed: int) -> dict:

@@ -20,6 +20,7 @@ from hetagent.planner.placement import (
     solve_heuristic,
     solve_milp,
     solve_min_latency,
+    synthetic,
 )
 
 
@@ -50,34 +51,8 @@ def chain(latency_s: dict[str, float], cost: dict[str, float], n: int, sla_s: fl
 
 
 def random_problem(rng: random.Random, max_tasks: int, max_pools: int) -> PlacementProblem:
-    """A random DAG; pools with a speed and a price (faster is dearer, not always); some tasks
-    cannot run on some pools; transfer time (and, half the time, money) per byte and pool pair."""
-    tasks = tuple(f"t{i}" for i in range(rng.randint(1, max_tasks)))
-    pools = tuple(f"p{k}" for k in range(rng.randint(1, max_pools)))
-    speed = {p: rng.uniform(0.5, 4.0) for p in pools}
-    price = {p: speed[p] ** rng.uniform(1.0, 2.0) * rng.uniform(0.7, 1.3) for p in pools}
-    options = {}
-    for task in tasks:
-        work = rng.uniform(1, 10)
-        runnable = [p for p in pools if rng.random() < 0.8] or [rng.choice(pools)]
-        options[task] = {p: Option(work / speed[p], work / speed[p] * price[p]) for p in runnable}
-    density = rng.uniform(0.1, 0.5)
-    edges = tuple(
-        Edge(tasks[i], tasks[j], rng.uniform(0, 10))
-        for j in range(len(tasks))
-        for i in range(j)
-        if rng.random() < density
-    )
-    link = {(a, b): 0.0 if a == b else rng.uniform(0.02, 0.3) for a in pools for b in pools}
-    money = rng.choice([0.0, 0.02])
-    return PlacementProblem(
-        tasks,
-        pools,
-        options,
-        edges,
-        transfer_seconds=lambda a, b, size: link[a, b] * size,
-        transfer_cost_usd=lambda a, b, size: 0.0 if a == b else money * size,
-    )
+    tasks, pools = rng.randint(1, max_tasks), rng.randint(1, max_pools)
+    return synthetic.random_problem(rng, tasks=tasks, pools=pools)
 
 
 def every_placement(problem: PlacementProblem) -> list[Solution]:
