@@ -176,6 +176,8 @@ def plan(
             plot_plan(result, plot)
         except OSError as error:
             raise _fail(f"cannot write {plot}: {error.strerror}") from None
+        except ValueError as error:  # matplotlib: an unknown image format
+            raise _fail(f"cannot draw {plot}: {error} (use a .png file)") from None
     if as_json:
         typer.echo(json.dumps(plan_json(result), indent=2))
     else:
@@ -262,7 +264,7 @@ def costmodel_predict(
                 writer = csv.DictWriter(sys.stdout, [*row, *prediction.as_dict()])
                 writer.writeheader()
             writer.writerow(row | prediction.as_dict())
-    except CostModelError as error:
+    except (CostModelError, ValueError) as error:  # unknown ids, dtypes the model cannot run
         raise _fail(str(error)) from None
 
 

@@ -155,25 +155,6 @@ class CostModel:
             work, device, "decode", dtype=dtype, devices=devices, network_bytes=network
         )
 
-    def decode(
-        self,
-        model: Model,
-        device: Device,
-        input_len: int,
-        output_len: int,
-        *,
-        batch: int = 1,
-        devices: int = 1,
-        dtype: str = "bf16",
-    ) -> float:
-        """Seconds to generate `output_len` tokens: per-step time grows linearly with context,
-        so the step at the mean context times the steps is exact for the roofline's terms."""
-        mean_context = input_len + output_len / 2
-        step = self.decode_step(
-            model, device, round(mean_context), batch=batch, devices=devices, dtype=dtype
-        )
-        return output_len * step.seconds
-
     def min_devices(
         self,
         model: Model,

@@ -126,6 +126,12 @@ def plan_agent(
         raise PlanError(str(error)) from None
     except RuntimeError as error:  # the MILP's time limit ran out before any placement
         raise PlanError(f"{error}; try --solver heuristic") from None
+    if not solution.sla_met:  # the fastest placement (objective latency) can still miss it
+        path = " -> ".join(solution.critical_path)
+        raise PlanError(
+            f"no placement meets the {problem.sla_seconds:g} s SLA: best achievable "
+            f"latency is {solution.latency_s:.6g} s, critical path {path}"
+        )
     ours = solution.cost_usd
     results = []
     for baseline in baselines(problem):
@@ -208,19 +214,20 @@ class _ProblemBuilder:
             task = op.attr("id")
             self.kinds[task] = op.name
             p95, expected = _turns(op)
-            options[task] = {}
+            options[task], why_not = {}, []
             for pool in self.pools:
                 option = self._option(op, pool.name)
-                if option is not None:
-                    self.energy[task, pool.name] = self._joules(option, pool.name) * expected
-                if option is not None:
-                    options[task][pool.name] = Option(
-                        option.latency_s * p95, option.cost_usd * expected
-                    )
+                if isinstance(option, str):
+                    why_not.append(f"{pool.name}: {option}")
+                    continue
+                self.energy[task, pool.name] = self._joules(option, pool.name) * expected
+                options[task][pool.name] = Option(
+                    option.latency_s * p95, option.cost_usd * expected
+                )
             if not options[task]:
                 raise PlanError(
                     f"no pool of {self.cluster.metadata.name} can run {task} "
-                    f"({op.name}{_model_note(op)}): add a pool that fits it"
+                    f"({op.name}{_model_note(op)}): {'; '.join(why_not)}"
                 )
             if isinstance(op, llm.DecodeOp):
                 self.output_tokens += round(op.attr("tokens") * expected)
@@ -239,25 +246,25 @@ class _ProblemBuilder:
             host_tasks=frozenset(op.attr("id") for op in tasks if not isinstance(op, MODEL_OPS)),
         )
 
-    def _option(self, op: HetOp, pool: str) -> Option | None:
-        """Latency and cost of one run of `op` on `pool`, or None if it cannot run there."""
+    def _option(self, op: HetOp, pool: str) -> Option | str:
+        """Latency and cost of one run of `op` on `pool`, or why it cannot run there."""
         device = self.devices[pool]
         if isinstance(op, MODEL_OPS):
             try:
                 return self._model_option(op, pool)
-            except CostModelError:
-                return None  # the catalog lacks this device's figures
+            except CostModelError as error:
+                return str(error)  # the catalog lacks a figure of this device
         if self.has_cpu_pools and device.kind != "cpu":
-            return None  # host operators run on the CPU pools when the cluster has some
+            return "host operators run on the CPU pools"
         if isinstance(op, tool.ExecOp):
             latency = op.attr("expected_seconds") or DEFAULT_TOOL_SECONDS
             return Option(latency, self._host_cost(latency, op.attr("cpu") or 1.0, pool))
         latency = HOST_OP_SECONDS.get(op.name, 1e-4)
         return Option(latency, self._host_cost(latency, 1.0, pool))
 
-    def _model_option(self, op: HetOp, pool: str) -> Option | None:
+    def _model_option(self, op: HetOp, pool: str) -> Option | str:
         """The fewest devices of the pool (tensor parallel) that hold the model and its KV and
-        meet the SLO's TTFT (prefill) or TPOT (decode) bound; None if no count does."""
+        meet the SLO's TTFT (prefill) or TPOT (decode) bound; else why no count does."""
         device, slo, dtype = self.devices[pool], self.graph.spec.slo, self.options.dtype
         model = self.cost_model.model(op.attr("model"))
         decode = isinstance(op, llm.DecodeOp)
@@ -269,7 +276,11 @@ class _ProblemBuilder:
         bound = (slo.tpot_seconds if decode else slo.ttft_seconds) if slo else None
         if isinstance(op, retr.EmbedOp):
             bound = None  # TTFT is the generating model's
-        while devices is not None and devices <= min(self.pool(pool).count, MAX_TENSOR_PARALLEL):
+        limit = min(self.pool(pool).count, MAX_TENSOR_PARALLEL)
+        if devices is None or devices > limit:
+            return f"{model.id} and its KV do not fit {limit} x {device.id}"
+        slowest = None
+        while devices <= limit:
             if decode:
                 context = round(prompt + op.attr("tokens") / 2)
                 step = self.cost_model.decode_step(
@@ -284,8 +295,10 @@ class _ProblemBuilder:
             if meets:
                 per_second = self.hourly[pool].per_second
                 return Option(latency, latency * devices * per_second / batch)
+            slowest = step if decode else latency
             devices *= 2
-        return None
+        metric = "tpotSeconds" if decode else "ttftSeconds"
+        return f"{slowest:.3g} s on {limit} x {device.id} misses {metric} {bound:g}"
 
     def _joules(self, option: Option, pool: str) -> float:
         """Energy of an option: the devices' power for the share of their time it takes (its

@@ -48,10 +48,12 @@ def plan_tables(plan: AgentPlan) -> Group:
     for a in plan.assignments:
         name = f"{escape(a.op)} *" if a.op in critical else escape(a.op)
         operators.add_row(name, a.kind, a.pool, a.device, f"{a.latency_s:.4g}", f"{a.cost_usd:.3g}")
-    sla = "no SLA" if plan.sla_seconds is None else f"SLA {plan.sla_seconds:g} s"
-    verdict = "met" if solution.sla_met else "MISSED"
+    if plan.sla_seconds is None:
+        sla = "no SLA"
+    else:
+        sla = f"SLA {plan.sla_seconds:g} s: {'met' if solution.sla_met else 'MISSED'}"
     summary = Text(
-        f"end-to-end latency {solution.latency_s:.3g} s ({sla}: {verdict}); "
+        f"end-to-end latency {solution.latency_s:.3g} s ({sla}); "
         f"TCO ${solution.cost_usd:.4g} per request"
         + (
             f", ${plan.usd_per_million_tokens:.3g} per million output tokens"

@@ -66,10 +66,3 @@ def device_hour_cost(pool: Pool, device: Device, cluster: ClusterSpec) -> Hourly
     return HourlyCost(
         capital=capital / HOURS_PER_YEAR, energy=power_kw * energy.price_per_kwh, rent=0.0
     )
-
-
-def usd_per_million_tokens(
-    hourly: float, tokens_per_second: float, utilization: float = 1.0
-) -> float:
-    """$ per million generated tokens of a device busy `utilization` of the time."""
-    return hourly / (3600 * tokens_per_second * utilization) * 1e6

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 # Relative slack on the SLA: a float sum of latencies can overshoot an SLA it meets exactly.
 SLA_TOLERANCE = 1e-9
 
@@ -55,12 +53,6 @@ class PlacementProblem:
     host_tasks: frozenset[str] = frozenset()
     # $ per request of moving bytes between pools (network is usually priced in the pools' hours)
     transfer_cost_usd: Callable[[str, str, float], float] = field(default=lambda a, b, n: 0.0)
-
-    def graph(self) -> nx.DiGraph:
-        graph = nx.DiGraph()
-        graph.add_nodes_from(self.tasks)
-        graph.add_edges_from((e.source, e.target, {"bytes": e.bytes}) for e in self.edges)
-        return graph
 
     def check_placeable(self) -> None:
         """Raises `Infeasible` naming the tasks no pool can run: then no placement exists at all."""
