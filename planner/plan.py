@@ -19,6 +19,7 @@ TCO model a cost per request:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from xdsl.dialects.builtin import ModuleOp
@@ -50,7 +51,7 @@ DEFAULT_LINK = (12.5e9, 10e-6)  # 100 Gb/s Ethernet, 10 us: pools with no link d
 class PlanOptions:
     solver: str = "auto"  # auto | milp | heuristic
     objective: str = "tco"  # tco | latency | energy
-    decode_batch: int = 16  # sequences one decode step serves (continuous batching)
+    decode_batch: int = 16  # at most this many sequences share a decode step (continuous batching)
     dtype: str = "bf16"
 
 
@@ -87,6 +88,13 @@ class AgentPlan:
     pools: tuple[Pool, ...] = ()
     fleet: list[PoolFleet] = field(default_factory=list)
     energy_joules: float = 0.0  # per request, devices' power at the cluster's PUE
+    arrival_rate: float = 1.0  # requests per second the fleet is sized for
+
+    @property
+    def usd_per_request_at_fleet(self) -> float:
+        """What a request costs when the whole fleet the traffic needs is paid for, idle time
+        included (the solution's cost counts only the device time requests use)."""
+        return sum(f.usd_per_hour for f in self.fleet) / (3600 * self.arrival_rate)
 
     @property
     def placement(self) -> Placement:
@@ -178,6 +186,7 @@ def plan_agent(
         pools=builder.pools,
         fleet=fleet,
         energy_joules=sum(builder.energy[task, pool] for task, pool in solution.assignment.items()),
+        arrival_rate=builder.rate,
     )
 
 
@@ -202,6 +211,8 @@ class _ProblemBuilder:
             raise PlanError(str(error)) from None
         self.has_cpu_pools = any(d.kind == "cpu" for d in self.devices.values())
         self.energy: dict[tuple[str, str], float] = {}  # (task, pool) -> joules per request
+        traffic = graph.spec.traffic
+        self.rate = traffic.arrival_rate_per_second if traffic else 1.0  # requests per second
         self.kinds: dict[str, str] = {}
         self.output_tokens = 0
 
@@ -216,7 +227,7 @@ class _ProblemBuilder:
             p95, expected = _turns(op)
             options[task], why_not = {}, []
             for pool in self.pools:
-                option = self._option(op, pool.name)
+                option = self._option(op, pool.name, self.rate * expected)
                 if isinstance(option, str):
                     why_not.append(f"{pool.name}: {option}")
                     continue
@@ -246,12 +257,12 @@ class _ProblemBuilder:
             host_tasks=frozenset(op.attr("id") for op in tasks if not isinstance(op, MODEL_OPS)),
         )
 
-    def _option(self, op: HetOp, pool: str) -> Option | str:
+    def _option(self, op: HetOp, pool: str, calls_per_second: float) -> Option | str:
         """Latency and cost of one run of `op` on `pool`, or why it cannot run there."""
         device = self.devices[pool]
         if isinstance(op, MODEL_OPS):
             try:
-                return self._model_option(op, pool)
+                return self._model_option(op, pool, calls_per_second)
             except CostModelError as error:
                 return str(error)  # the catalog lacks a figure of this device
         if self.has_cpu_pools and device.kind != "cpu":
@@ -262,13 +273,26 @@ class _ProblemBuilder:
         latency = HOST_OP_SECONDS.get(op.name, 1e-4)
         return Option(latency, self._host_cost(latency, 1.0, pool))
 
-    def _model_option(self, op: HetOp, pool: str) -> Option | str:
-        """The fewest devices of the pool (tensor parallel) that hold the model and its KV and
-        meet the SLO's TTFT (prefill) or TPOT (decode) bound; else why no count does."""
+    def _model_option(self, op: HetOp, pool: str, calls_per_second: float) -> Option | str:
+        """A decode shares its devices with the other sequences in flight: as many as the
+        traffic keeps decoding at once (Little's law: calls/s x seconds per call), at most
+        `decode_batch`; prefill and embeddings run alone."""
+        if not isinstance(op, llm.DecodeOp):
+            return self._fit(op, pool, 1)
+        option = self._fit(op, pool, self.options.decode_batch)
+        if isinstance(option, Option):
+            in_flight = math.ceil(calls_per_second * option.latency_s)
+            if in_flight < self.options.decode_batch:
+                option = self._fit(op, pool, max(1, in_flight))
+        return option
+
+    def _fit(self, op: HetOp, pool: str, batch: int) -> Option | str:
+        """The fewest devices of the pool (tensor parallel) that hold the model and the KV of
+        `batch` sequences and meet the SLO's TTFT (prefill) or TPOT (decode) bound; else why
+        no count does."""
         device, slo, dtype = self.devices[pool], self.graph.spec.slo, self.options.dtype
         model = self.cost_model.model(op.attr("model"))
         decode = isinstance(op, llm.DecodeOp)
-        batch = self.options.decode_batch if decode else 1
         prompt = _decode_context(op) if decode else 0
         devices = self.cost_model.min_devices(
             model, device, batch=batch, context=op.attr("tokens") + prompt, dtype=dtype

@@ -22,6 +22,7 @@ def plan_json(plan: AgentPlan) -> dict[str, Any]:
         "sla_met": solution.sla_met,
         "tco_per_request_usd": solution.cost_usd,
         "usd_per_million_tokens": plan.usd_per_million_tokens,
+        "tco_per_request_at_fleet_usd": plan.usd_per_request_at_fleet,
         "energy_joules_per_request": plan.energy_joules,
         "critical_path": list(solution.critical_path),
         "assignments": [vars(a) for a in plan.assignments],
@@ -76,7 +77,11 @@ def plan_tables(plan: AgentPlan) -> Group:
             "met" if b.sla_met else "missed",
             f"{b.ratio:.2f}x" if b.ratio else "-",
         )
-    fleet = Table(title="fleet for the agent's traffic", show_edge=False)
+    fleet = Table(
+        title=f"fleet for {plan.arrival_rate:g} requests/s: "
+        f"${plan.usd_per_request_at_fleet:.4g} per request with idle time paid",
+        show_edge=False,
+    )
     for column in ("pool", "devices needed", "in cluster", "utilization", "$/hour"):
         fleet.add_column(column)
     for f in plan.fleet:

@@ -87,7 +87,7 @@ def test_latency_objective_is_never_slower_than_tco():
     assert fastest.solution.cost_usd >= cheapest.solution.cost_usd - 1e-12
 
 
-def test_fleet_grows_with_the_traffic():
+def test_fleet_grows_with_the_traffic_and_batching_shares_it():
     graph, cluster = hetagent.load(CODING), hetagent.load(MIXED)
     plan = plan_agent(graph, cluster)
     busier = graph.model_copy(deep=True)
@@ -96,7 +96,8 @@ def test_fleet_grows_with_the_traffic():
     for calm, busy in zip(plan.fleet, busy_plan.fleet, strict=True):
         calm_load = calm.utilization * calm.devices_needed
         busy_load = busy.utilization * busy.devices_needed
-        assert busy_load == pytest.approx(10 * calm_load)
+        # more traffic fills decode batches, so load grows, but less than the traffic does
+        assert calm_load <= busy_load <= 10 * calm_load + 1e-9
         assert busy.devices_needed >= calm.devices_needed
 
 
