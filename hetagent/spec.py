@@ -930,8 +930,10 @@ def _pydantic_issues(error: ValidationError) -> list[Issue]:
     for err in error.errors(include_url=False):
         loc = _drop_union_tags(tuple(err["loc"]))
         # A bad key: of a dict at (..., key, "[key]"), of a model (not a string) at (..., key).
-        key = loc[-1:] == ("[key]",) or err["type"] == "invalid_key"
-        loc = loc[:-1] if loc[-1:] == ("[key]",) else loc
+        # An unknown field is named by its own key, even a key spelled "[key]".
+        marker = loc[-1:] == ("[key]",) and err["type"] != "extra_forbidden"
+        key = marker or err["type"] == "invalid_key"
+        loc = loc[:-1] if marker else loc
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = f"unknown field {shown(loc[-1])}; remove it or check its spelling"

@@ -534,3 +534,9 @@ def test_an_explicit_null_default_round_trips_as_optional():
 
 def test_node_types_are_those_of_the_node_models():
     assert {"llm", "tool", "retrieve", "transform", "agent", "subgraph"} == NODE_TYPES
+
+
+def test_an_unknown_field_spelled_like_pydantics_key_marker_is_named():
+    assert issues_of({**GRAPH, "[key]": None}) == [
+        "['[key]']: unknown field '[key]'; remove it or check its spelling"
+    ]
