@@ -69,17 +69,6 @@ def is_react_loop(op: object) -> bool:
     return isinstance(op, scf.WhileOp) and LOOP_NODE in op.attributes
 
 
-def check_tool_call(op: HetOp) -> None:
-    """What `agent.tool` and `tool.exec` both require."""
-    if not op.attributes["tools"].data:
-        raise VerifyException(f"{op.name} {op.attr('id')!r}: tools is empty")
-    if (op.attr("expected_seconds") or 0) < 0:
-        raise VerifyException(f"{op.name} {op.attr('id')!r}: expected_seconds is negative")
-    cpu = op.attr("cpu")
-    if cpu is not None and cpu <= 0:
-        raise VerifyException(f"{op.name} {op.attr('id')!r}: cpu must be positive")
-
-
 class InputsOp(HetOp):
     """An op that reads the values of the steps it depends on.
 
@@ -141,11 +130,10 @@ class LlmOp(InputsOp):
             )
 
 
-@irdl_op_definition
-class ToolOp(InputsOp):
-    """A tool call; in a ReAct loop the model picks one of `tools` at run time."""
+class ToolCallOp(InputsOp):
+    """What a tool call carries at every level: the tools it may run and its resource hints."""
 
-    name = "agent.tool"
+    POSITIVE: ClassVar[tuple[str, ...]] = ("memory_bytes",)
 
     tools = attr_def(ArrayAttr[StringAttr])
     expected_seconds = opt_attr_def(FloatAttr)
@@ -154,7 +142,20 @@ class ToolOp(InputsOp):
     result = result_def(ValueType)
 
     def check(self) -> None:
-        check_tool_call(self)
+        if not self.tools.data:
+            raise VerifyException(f"{self.name} {self.attr('id')!r}: tools is empty")
+        if (self.attr("expected_seconds") or 0) < 0:
+            raise VerifyException(f"{self.name} {self.attr('id')!r}: expected_seconds is negative")
+        cpu = self.attr("cpu")
+        if cpu is not None and cpu <= 0:
+            raise VerifyException(f"{self.name} {self.attr('id')!r}: cpu must be positive")
+
+
+@irdl_op_definition
+class ToolOp(ToolCallOp):
+    """A tool call; in a ReAct loop the model picks one of `tools` at run time."""
+
+    name = "agent.tool"
 
 
 @irdl_op_definition
