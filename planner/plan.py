@@ -40,6 +40,7 @@ from hetagent.planner.tco import HourlyCost, device_hour_cost
 from hetagent.planner.workload import kv_bytes_per_token
 from hetagent.spec import AgentGraph, Cluster
 
+MODEL_KINDS = frozenset(op.name for op in MODEL_OPS)
 # Host operators without a declared duration, until the runtime profiles them (issue 7).
 DEFAULT_TOOL_SECONDS = 1.0
 HOST_OP_SECONDS = {"data.template": 1e-4, "data.parse": 1e-4, "retr.search": 2e-3}
@@ -61,8 +62,10 @@ class Assignment:
     kind: str
     pool: str
     device: str
+    devices: int  # tensor-parallel group of a model operator; 0 for host operators
     latency_s: float
     cost_usd: float
+    device_seconds: float  # per request: what cost, energy and the fleet derive from
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,20 @@ class AgentPlan:
         if not self.output_tokens:
             return None
         return self.solution.cost_usd / self.output_tokens * 1e6
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One run of an operator on a pool: its latency, the devices it spans, and the share of
+    their time a request pays for (1/batch of a decode's devices, a tool's cores of a socket)."""
+
+    latency_s: float
+    devices: int
+    share: float
+
+    @property
+    def device_seconds(self) -> float:
+        return self.latency_s * self.devices * self.share
 
 
 class PlanError(ValueError):
@@ -163,13 +180,15 @@ def plan_agent(
             builder.kinds[task],
             pool,
             builder.devices[pool].id,
+            builder.runs[task, pool].devices if builder.kinds[task] in MODEL_KINDS else 0,
             problem.options[task][pool].latency_s,
             problem.options[task][pool].cost_usd,
+            builder.device_seconds[task, pool],
         )
         for task, pool in solution.assignment.items()
     ]
     fleet = size_fleet(
-        ((a.pool, a.cost_usd) for a in assignments),
+        ((a.pool, a.device_seconds, a.devices) for a in assignments),
         builder.hourly,
         builder.pools,
         graph.spec.traffic,
@@ -210,6 +229,14 @@ class _ProblemBuilder:
         except ValueError as error:
             raise PlanError(str(error)) from None
         self.has_cpu_pools = any(d.kind == "cpu" for d in self.devices.values())
+        energy = cluster.spec.energy
+        # average watts of a busy device, at the cluster's utilization and PUE
+        self.watts = {
+            name: (device.tdp_w or 0.0) * energy.utilization * energy.pue
+            for name, device in self.devices.items()
+        }
+        self.runs: dict[tuple[str, str], _Run] = {}  # (task, pool) -> one run
+        self.device_seconds: dict[tuple[str, str], float] = {}  # per request (loops: x turns)
         self.energy: dict[tuple[str, str], float] = {}  # (task, pool) -> joules per request
         traffic = graph.spec.traffic
         self.rate = traffic.arrival_rate_per_second if traffic else 1.0  # requests per second
@@ -227,14 +254,16 @@ class _ProblemBuilder:
             p95, expected = _turns(op)
             options[task], why_not = {}, []
             for pool in self.pools:
-                option = self._option(op, pool.name, self.rate * expected)
-                if isinstance(option, str):
-                    why_not.append(f"{pool.name}: {option}")
+                run = self._run(op, pool.name, self.rate * expected)
+                if isinstance(run, str):
+                    why_not.append(f"{pool.name}: {run}")
                     continue
-                self.energy[task, pool.name] = self._joules(option, pool.name) * expected
-                options[task][pool.name] = Option(
-                    option.latency_s * p95, option.cost_usd * expected
-                )
+                key = (task, pool.name)
+                self.runs[key] = run
+                self.device_seconds[key] = run.device_seconds * expected
+                self.energy[key] = self.device_seconds[key] * self.watts[pool.name]
+                cost = self.device_seconds[key] * self.hourly[pool.name].per_second
+                options[task][pool.name] = Option(run.latency_s * p95, cost)
             if not options[task]:
                 raise PlanError(
                     f"no pool of {self.cluster.metadata.name} can run {task} "
@@ -257,36 +286,40 @@ class _ProblemBuilder:
             host_tasks=frozenset(op.attr("id") for op in tasks if not isinstance(op, MODEL_OPS)),
         )
 
-    def _option(self, op: HetOp, pool: str, calls_per_second: float) -> Option | str:
-        """Latency and cost of one run of `op` on `pool`, or why it cannot run there."""
+    def _run(self, op: HetOp, pool: str, calls_per_second: float) -> _Run | str:
+        """One run of `op` on `pool`, or why it cannot run there."""
         device = self.devices[pool]
         if isinstance(op, MODEL_OPS):
             try:
-                return self._model_option(op, pool, calls_per_second)
+                return self._model_run(op, pool, calls_per_second)
             except CostModelError as error:
                 return str(error)  # the catalog lacks a figure of this device
         if self.has_cpu_pools and device.kind != "cpu":
             return "host operators run on the CPU pools"
-        if isinstance(op, tool.ExecOp):
-            latency = op.attr("expected_seconds") or DEFAULT_TOOL_SECONDS
-            return Option(latency, self._host_cost(latency, op.attr("cpu") or 1.0, pool))
-        latency = HOST_OP_SECONDS.get(op.name, 1e-4)
-        return Option(latency, self._host_cost(latency, 1.0, pool))
+        cores = (op.attr("cpu") or 1.0) if isinstance(op, tool.ExecOp) else 1.0
+        latency = (
+            op.attr("expected_seconds") or DEFAULT_TOOL_SECONDS
+            if isinstance(op, tool.ExecOp)
+            else HOST_OP_SECONDS.get(op.name, 1e-4)
+        )
+        # on an accelerator's host CPUs the accelerator's hour already pays for them
+        share = min(1.0, cores / (device.cores or 1)) if device.kind == "cpu" else 0.0
+        return _Run(latency, 1, share)
 
-    def _model_option(self, op: HetOp, pool: str, calls_per_second: float) -> Option | str:
+    def _model_run(self, op: HetOp, pool: str, calls_per_second: float) -> _Run | str:
         """A decode shares its devices with the other sequences in flight: as many as the
         traffic keeps decoding at once (Little's law: calls/s x seconds per call), at most
         `decode_batch`; prefill and embeddings run alone."""
         if not isinstance(op, llm.DecodeOp):
             return self._fit(op, pool, 1)
-        option = self._fit(op, pool, self.options.decode_batch)
-        if isinstance(option, Option):
-            in_flight = math.ceil(calls_per_second * option.latency_s)
+        run = self._fit(op, pool, self.options.decode_batch)
+        if isinstance(run, _Run):
+            in_flight = math.ceil(calls_per_second * run.latency_s)
             if in_flight < self.options.decode_batch:
-                option = self._fit(op, pool, max(1, in_flight))
-        return option
+                run = self._fit(op, pool, max(1, in_flight))
+        return run
 
-    def _fit(self, op: HetOp, pool: str, batch: int) -> Option | str:
+    def _fit(self, op: HetOp, pool: str, batch: int) -> _Run | str:
         """The fewest devices of the pool (tensor parallel) that hold the model and the KV of
         `batch` sequences and meet the SLO's TTFT (prefill) or TPOT (decode) bound; else why
         no count does."""
@@ -317,20 +350,11 @@ class _ProblemBuilder:
                 ).seconds
                 meets = bound is None or latency <= bound
             if meets:
-                per_second = self.hourly[pool].per_second
-                return Option(latency, latency * devices * per_second / batch)
+                return _Run(latency, devices, 1 / batch)
             slowest = step if decode else latency
             devices *= 2
         metric = "tpotSeconds" if decode else "ttftSeconds"
         return f"{slowest:.3g} s on {limit} x {device.id} misses {metric} {bound:g}"
-
-    def _joules(self, option: Option, pool: str) -> float:
-        """Energy of an option: the devices' power for the share of their time it takes (its
-        cost over the pool's $ per device-second), at the cluster's utilization and PUE."""
-        per_second = self.hourly[pool].per_second
-        device_seconds = option.cost_usd / per_second if per_second > 0 else 0.0
-        energy = self.cluster.spec.energy
-        return device_seconds * (self.devices[pool].tdp_w or 0.0) * energy.utilization * energy.pue
 
     def energy_problem(self, problem: PlacementProblem) -> PlacementProblem:
         """The same problem with joules per request in place of dollars."""
@@ -341,13 +365,6 @@ class _ProblemBuilder:
             for task, by_pool in problem.options.items()
         }
         return replace(problem, options=options)
-
-    def _host_cost(self, seconds: float, cores: float, pool: str) -> float:
-        """A host operator's share of a CPU socket; on an accelerator's host, included."""
-        device = self.devices[pool]
-        if device.kind != "cpu":
-            return 0.0
-        return seconds * self.hourly[pool].per_second * min(1.0, cores / (device.cores or 1))
 
     def pool(self, name: str) -> Pool:
         return next(p for p in self.pools if p.name == name)

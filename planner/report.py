@@ -27,7 +27,7 @@ def plan_json(plan: AgentPlan) -> dict[str, Any]:
         "critical_path": list(solution.critical_path),
         "assignments": [vars(a) for a in plan.assignments],
         "baselines": [vars(b) for b in plan.baselines],
-        "fleet": [vars(f) for f in plan.fleet],
+        "fleet": [vars(f) | {"fits": f.fits} for f in plan.fleet],
         "pools": {
             name: {
                 "usd_per_hour": cost.total,
@@ -89,7 +89,7 @@ def plan_tables(plan: AgentPlan) -> Group:
             fleet.add_row(
                 f.pool,
                 str(f.devices_needed),
-                str(f.devices_available),
+                str(f.devices_available) + ("" if f.fits else " (too few)"),
                 f"{f.utilization:.0%}",
                 f"{f.usd_per_hour:,.2f}",
             )

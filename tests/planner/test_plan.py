@@ -122,3 +122,17 @@ def test_plot_writes_a_png(tmp_path):
     assert result.returncode == 0, result.stderr
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(result.stdout)["energy_joules_per_request"] > 0
+
+
+def test_fleet_comes_in_whole_tensor_parallel_groups_and_flags_a_short_cluster():
+    graph = hetagent.load(ROOT / "examples/agents/deep-research.yaml")
+    h100s = hetagent.load(ROOT / "examples/clusters/h100-only.yaml")
+    plan = plan_agent(graph, h100s)
+    group = max(a.devices for a in plan.assignments if a.pool == "h100")
+    assert group >= 2  # a 72B model in bf16 does not fit one 80 GB device
+    (fleet,) = plan.fleet
+    assert fleet.devices_needed % group == 0 and fleet.fits
+    busier = graph.model_copy(deep=True)
+    busier.spec.traffic.arrival_rate_per_second *= 100
+    (crowded,) = plan_agent(busier, h100s).fleet
+    assert crowded.devices_needed > crowded.devices_available and not crowded.fits
