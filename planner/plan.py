@@ -345,8 +345,9 @@ class _ProblemBuilder:
                 ).seconds
                 latency, meets = step * op.attr("tokens"), bound is None or step <= bound
             else:
+                new, prefix = self._prefill_tokens(op)
                 latency = self.cost_model.prefill(
-                    model, device, op.attr("tokens"), devices=devices, dtype=dtype
+                    model, device, new, prefix=prefix, devices=devices, dtype=dtype
                 ).seconds
                 meets = bound is None or latency <= bound
             if meets:
@@ -365,6 +366,20 @@ class _ProblemBuilder:
             for task, by_pool in problem.options.items()
         }
         return replace(problem, options=options)
+
+    def _prefill_tokens(self, op: HetOp) -> tuple[int, int]:
+        """(new tokens, prefix tokens) a prefill computes. A turn of a ReAct loop whose KV the
+        agent's `kvRetention` policy keeps between turns (anything but `evict`, the default)
+        extends its cache: over the loop every token is prefilled once, so with a mean prompt of
+        `tokens` a turn adds about 2 x tokens / expected turns on top of the rest."""
+        tokens = op.attr("tokens")
+        _, expected = _turns(op)
+        policies = self.graph.spec.policies
+        retained = policies is not None and policies.kv_retention not in (None, "evict")
+        if not (isinstance(op, llm.PrefillOp) and retained and expected > 1):
+            return tokens, 0
+        new = max(1, min(tokens, round(2 * tokens / expected)))
+        return new, tokens - new // 2
 
     def pool(self, name: str) -> Pool:
         return next(p for p in self.pools if p.name == name)

@@ -136,3 +136,19 @@ def test_fleet_comes_in_whole_tensor_parallel_groups_and_flags_a_short_cluster()
     busier.spec.traffic.arrival_rate_per_second *= 100
     (crowded,) = plan_agent(busier, h100s).fleet
     assert crowded.devices_needed > crowded.devices_available and not crowded.fits
+
+
+def test_a_kv_lease_spares_the_loops_turns_their_full_prefill():
+    leased = hetagent.load(CODING)  # kvRetention: lease
+    evicting = leased.model_copy(deep=True)
+    evicting.spec.policies.kv_retention = "evict"
+    cluster = hetagent.load(MIXED)
+    with_lease = {a.op: a for a in plan_agent(leased, cluster).assignments}
+    without = {a.op: a for a in plan_agent(evicting, cluster).assignments}
+    assert (
+        with_lease["fix.turn.prefill"].device_seconds < without["fix.turn.prefill"].device_seconds
+    )
+    # outside the loop nothing changes
+    summary = "summary.prefill"
+    if with_lease[summary].pool == without[summary].pool:
+        assert with_lease[summary].latency_s == pytest.approx(without[summary].latency_s)
