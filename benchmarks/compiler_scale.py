@@ -77,7 +77,7 @@ def synthetic_graph(steps: int, seed: int = 0) -> AgentGraph:
     return parse_document(document)
 
 
-def round_robin_placement(module) -> Placement:
+def split_placement(module) -> Placement:
     """Prefill on the GPUs, decode on the NPUs, everything else on the CPUs: many transfers."""
     assignment = {}
     for op in placed_ops(module):
@@ -105,7 +105,7 @@ def _stages(graph: AgentGraph) -> tuple[dict[str, float], int]:
 
     module = timed("frontend", lambda: build_module(graph))
     timed("lower-agent-to-ops", lambda: LowerAgentToOps().apply(ctx, module))
-    placement = round_robin_placement(module)
+    placement = split_placement(module)
     timed("assign-affinity", lambda: AssignAffinity(placement).apply(ctx, module))
     timed("materialize-transfers", lambda: MaterializeTransfers().apply(ctx, module))
     timed("cluster-by-device", lambda: ClusterByDevice().apply(ctx, module))

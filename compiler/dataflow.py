@@ -1,7 +1,7 @@
-"""Where a value comes from and where it goes, looking through ReAct loops (`scf.while`).
+"""Where a value comes from, looking through ReAct loops (`scf.while`).
 
 A value carried by a loop passes through block arguments, `scf.condition` and `scf.yield`;
-the op that really produced it, and the ops that really use it, are on the other side.
+the op that really produced it is on the other side.
 """
 
 from __future__ import annotations
@@ -34,29 +34,6 @@ def producer(value: SSAValue, *, back_edge: bool = True) -> Operation | None:
         else:  # before region: the value the loop starts with
             value = loop.operands[value.index]
     return None
-
-
-def consumers(value: SSAValue) -> list[Operation]:
-    """The ops that use `value`, following it into and out of loops."""
-    found: list[Operation] = []
-    pending, seen = [value], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for use in current.uses:
-            user, index = use.operation, use.index
-            if isinstance(user, scf.WhileOp):
-                pending.append(user.before_region.block.args[index])
-            elif isinstance(user, scf.ConditionOp) and index > 0:
-                loop = user.parent_op()
-                pending += [loop.after_region.block.args[index - 1], loop.results[index - 1]]
-            elif isinstance(user, scf.YieldOp) and isinstance(user.parent_op(), scf.WhileOp):
-                pending.append(user.parent_op().before_region.block.args[index])
-            else:
-                found.append(user)
-    return found
 
 
 def _condition(loop: scf.WhileOp) -> scf.ConditionOp:

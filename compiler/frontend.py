@@ -110,6 +110,9 @@ class _GraphBuilder:
     outputs_of: dict[str, dict[str, SSAValue]] = field(default_factory=dict)  # node -> output
     expected_tokens: dict[str, int] = field(default_factory=dict)  # node -> output tokens
 
+    def __post_init__(self) -> None:
+        self.model_ids = {key: ref.id for key, ref in self.graph.spec.models.items()}
+
     def emit_graph(self) -> dict[str, SSAValue]:
         """Emit every step, then return the graph's outputs by name."""
         for index, node in self._topological_nodes():
@@ -181,10 +184,13 @@ class _GraphBuilder:
     # -- one step ----------------------------------------------------------------------------
 
     def _emit(self, index: int, node) -> None:
+        if isinstance(node, SubgraphNode):
+            self._emit_subgraph(index, node)  # reads its inputs through its own templates
+            return
         texts = [text for _, text in node.templated_fields()]
         inputs = self._operands(texts, node.depends_on)
         common = {"id": self._id(node.name), "node": self._node(node.name)}
-        model_of = {key: ref.id for key, ref in self.graph.spec.models.items()}
+        model_of = self.model_ids
         reference = f"nodes.{self._node(node.name)}.outputs"
         if isinstance(node, LlmNode):
             output_tokens = node.expected_output_tokens or node.max_tokens
@@ -257,9 +263,6 @@ class _GraphBuilder:
                 )
         elif isinstance(node, AgentNode):
             self._emit_loop(index, node, inputs, model_of[node.model])
-            return
-        else:
-            self._emit_subgraph(index, node)
             return
         _provide(op, *((f"{reference}.{output}", 0) for output in sorted(node.outputs)))
         self.outputs_of[node.name] = {"*": op.results[0]}

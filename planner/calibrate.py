@@ -37,7 +37,7 @@ from hetagent.planner.catalog import (
     read_efficiencies,
 )
 from hetagent.planner.costmodel import CostModel, CostModelError
-from hetagent.planner.workload import BYTES_PER_VALUE
+from hetagent.planner.workload import BYTES_PER_VALUE, mean_context
 
 PHASES = ("prefill", "decode")
 SPLITS = ("calibration", "evaluation")
@@ -82,7 +82,7 @@ class Measurement:
 
     @property
     def mean_context(self) -> int:
-        return round(self.input_len + (self.output_len or 0) / 2)
+        return mean_context(self.input_len, self.output_len or 0)
 
 
 MEASUREMENT_COLUMNS = tuple(f.name for f in fields(Measurement) if f.name != "where")

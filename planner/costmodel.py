@@ -26,6 +26,7 @@ from hetagent.planner.workload import (
     Work,
     decode_step_work,
     dtype_bytes,
+    mean_context,
     memory_needed,
     prefill_work,
 )
@@ -192,9 +193,13 @@ class CostModel:
         """Latency and throughput of `batch` requests of `input_len` -> `output_len` tokens."""
         model, device = self.model(model_id), self.device(device_id)
         prefill = self.prefill(model, device, input_len, batch=batch, devices=devices, dtype=dtype)
-        mean_context = round(input_len + output_len / 2)
         step = self.decode_step(
-            model, device, mean_context, batch=batch, devices=devices, dtype=dtype
+            model,
+            device,
+            mean_context(input_len, output_len),
+            batch=batch,
+            devices=devices,
+            dtype=dtype,
         )
         e2e = prefill.seconds + output_len * step.seconds
         return Prediction(

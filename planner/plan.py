@@ -31,13 +31,13 @@ from hetagent.compiler.dialects import kv, llm, retr, tool
 from hetagent.compiler.dialects.agent import LOOP_EXPECTED_TURNS, LOOP_P95_TURNS, is_react_loop
 from hetagent.compiler.dialects.base import HetOp, from_attr
 from hetagent.compiler.placement import FOLLOWERS, MODEL_OPS, Placement, Pool, placed_ops
-from hetagent.planner.catalog import Device, load_catalog
+from hetagent.planner.catalog import Device
 from hetagent.planner.costmodel import MAX_TENSOR_PARALLEL, CostModel, CostModelError
 from hetagent.planner.fleet import PoolFleet, size_fleet
 from hetagent.planner.placement import baselines, solve
 from hetagent.planner.placement.problem import Edge, Infeasible, Option, PlacementProblem, Solution
 from hetagent.planner.tco import HourlyCost, device_hour_cost
-from hetagent.planner.workload import kv_bytes_per_token
+from hetagent.planner.workload import kv_bytes_per_token, mean_context
 from hetagent.spec import AgentGraph, Cluster
 
 MODEL_KINDS = frozenset(op.name for op in MODEL_OPS)
@@ -274,7 +274,8 @@ class _ProblemBuilder:
             for value in op.operands:
                 for source in _sources(value):
                     if id(source) in ids:
-                        edges.append(Edge(ids[id(source)], task, _bytes(value, source) * p95))
+                        moved = self._bytes(value, source) * p95
+                        edges.append(Edge(ids[id(source)], task, moved))
         slo = self.graph.spec.slo
         return PlacementProblem(
             tasks=tuple(op.attr("id") for op in tasks),
@@ -339,7 +340,7 @@ class _ProblemBuilder:
         slowest = None
         while devices <= limit:
             if decode:
-                context = round(prompt + op.attr("tokens") / 2)
+                context = mean_context(prompt, op.attr("tokens"))
                 step = self.cost_model.decode_step(
                     model, device, context, batch=batch, devices=devices, dtype=dtype
                 ).seconds
@@ -380,6 +381,13 @@ class _ProblemBuilder:
             return tokens, 0
         new = max(1, min(tokens, round(2 * tokens / expected)))
         return new, tokens - new // 2
+
+    def _bytes(self, value: SSAValue, source: HetOp) -> float:
+        """What an edge moves: a KV cache's bytes, or a few bytes a token of text."""
+        if isinstance(value.type, llm.KVType):
+            per_token = kv_bytes_per_token(self.cost_model.model(source.attr("model")))
+            return per_token * (source.attr("tokens") or 0)
+        return BYTES_PER_TEXT_TOKEN * (source.attr("tokens") or source.attr("output_tokens") or 256)
 
     def pool(self, name: str) -> Pool:
         return next(p for p in self.pools if p.name == name)
@@ -429,14 +437,6 @@ def _sources(value: SSAValue) -> list[HetOp]:
     if isinstance(source, FOLLOWERS):
         return [s for operand in source.operands for s in _sources(operand)]
     return [source]
-
-
-def _bytes(value: SSAValue, source: HetOp) -> float:
-    """What an edge moves: a KV cache's bytes, or a few bytes a token of text."""
-    if isinstance(value.type, llm.KVType):
-        per_token = kv_bytes_per_token(load_catalog().models[source.attr("model")])
-        return per_token * (source.attr("tokens") or 0)
-    return BYTES_PER_TEXT_TOKEN * (source.attr("tokens") or source.attr("output_tokens") or 256)
 
 
 def _model_note(op: HetOp) -> str:

@@ -86,6 +86,13 @@ def decode_step_work(model: Model, context: int, *, batch: int = 1, dtype: str =
     return Work(flops, moved)
 
 
+def mean_context(prompt: int, output: int) -> int:
+    """The context of the decode step at the middle of a generation: a step's work grows
+    linearly with its context, so `output` steps cost `output` steps at this one (while one
+    bound of the roofline holds throughout)."""
+    return round(prompt + output / 2)
+
+
 def memory_needed(model: Model, *, batch: int, context: int, dtype: str = "bf16") -> float:
     """Bytes resident while serving: weights plus the KV of `batch` sequences of `context`."""
     return weight_bytes(model, dtype) + batch * context * kv_bytes_per_token(model)

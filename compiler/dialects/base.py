@@ -111,6 +111,14 @@ class HetOp(IRDLOperation):
         """Op-specific checks; raise VerifyException naming the op and what is wrong."""
 
 
+def distinct_pools(op: HetOp) -> None:
+    """A transfer moves between two different pools."""
+    if op.attr("source") == op.attr("target"):
+        raise VerifyException(
+            f"{op.name} {op.attr('id')!r}: source and target are both {op.attr('source')!r}"
+        )
+
+
 def same_model(op: HetOp, *types: Attribute) -> None:
     """Every model-typed value of an op is of the op's model."""
     model = op.attr("model")

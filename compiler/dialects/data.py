@@ -12,7 +12,7 @@ from xdsl.irdl import (
 from xdsl.utils.exceptions import VerifyException
 
 from hetagent.compiler.dialects.agent import InputsOp, TextType, ValueType
-from hetagent.compiler.dialects.base import HetOp
+from hetagent.compiler.dialects.base import HetOp, distinct_pools
 from hetagent.compiler.dialects.llm import KVType
 
 PARSE_FORMATS = ("json", "regex", "lines")
@@ -67,11 +67,7 @@ class TransferOp(HetOp):
             raise VerifyException(
                 f"data.transfer {self.attr('id')!r}: result type differs from operand"
             )
-        if self.attr("source") == self.attr("target"):
-            raise VerifyException(
-                f"data.transfer {self.attr('id')!r}: source and target are both "
-                f"{self.attr('source')!r}"
-            )
+        distinct_pools(self)
 
 
 Data = Dialect("data", [TemplateOp, ParseOp, TransferOp], [])

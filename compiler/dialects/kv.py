@@ -5,9 +5,8 @@ and releases it after its last, so the cache can stay resident across tool calls
 from xdsl.dialects.builtin import IntegerAttr, StringAttr
 from xdsl.ir import Dialect
 from xdsl.irdl import attr_def, irdl_op_definition, operand_def, opt_attr_def, result_def
-from xdsl.utils.exceptions import VerifyException
 
-from hetagent.compiler.dialects.base import HetOp, same_model
+from hetagent.compiler.dialects.base import HetOp, distinct_pools, same_model
 from hetagent.compiler.dialects.llm import KVType
 
 
@@ -39,11 +38,7 @@ class TransferOp(HetOp):
 
     def check(self) -> None:
         same_model(self, self.kv_in.type, self.kv.type)
-        if self.attr("source") == self.attr("target"):
-            raise VerifyException(
-                f"kv.transfer {self.attr('id')!r}: source and target are both "
-                f"{self.attr('source')!r}"
-            )
+        distinct_pools(self)
 
 
 @irdl_op_definition
