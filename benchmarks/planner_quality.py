@@ -8,8 +8,8 @@ placement is also the fastest (nothing to trade) are drawn again:
   a rent price; each pool's price jittered 0.6-1.4x per provider). LLM calls (prefill bound by
   compute, then decode bound by bandwidth, on the devices whose memory holds the model), tool
   calls (CPU pools only) and retrievals (anywhere), each step reading one or two earlier ones.
-  Latency is placement-tco.md's roofline (eta_c 0.6, eta_m 0.85), cost is latency times the
-  pool's $/s over the batch the request shares; KV caches cross pools at 200 Gb/s.
+  Latency is the planner's cost model (planner/costmodel.py, efficiency priors), cost is latency
+  times the pool's $/s over the batch the request shares; KV caches cross pools at 200 Gb/s.
 - stress: dense random DAGs whose transfers take as long as the tasks and sometimes cost money,
   with speed and price loosely correlated: the hard case for a local search.
 
@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hetagent.planner.catalog import load_catalog
+from hetagent.planner.costmodel import CostModel
 from hetagent.planner.placement import (
     Edge,
     Infeasible,
@@ -45,6 +46,7 @@ from hetagent.planner.placement import (
     solve_min_latency_heuristic,
 )
 from hetagent.planner.placement.synthetic import random_problem
+from hetagent.planner.workload import Work, kv_bytes_per_token, mean_context
 
 RESULTS = Path(__file__).parent / "results" / "planner_quality.json"
 CATALOG = load_catalog()
@@ -52,7 +54,7 @@ DEVICES = [d for d in CATALOG.devices.values() if d.rent_usd_per_hour and d.bf16
 MODELS = [
     CATALOG.models[m] for m in ("llama-3.2-3b", "llama-3.1-8b", "qwen2.5-32b", "llama-3.1-70b")
 ]
-ETA_C, ETA_M = 0.6, 0.85
+COST_MODEL = CostModel(CATALOG)  # the planner's roofline and efficiency priors
 LINK_BYTES_S, LINK_FIXED_S = 25e9, 50e-6  # 200 Gb/s between pools
 DECODE_BATCH = 16  # requests sharing a decode step (and its device-hours)
 
@@ -75,6 +77,27 @@ def make_pools(count: int, rng: random.Random) -> list[tuple[str, object, float]
     return pools
 
 
+def llm_options(model, prompt: int, output: int, pools) -> tuple[dict, dict]:
+    """Prefill and decode options on the pools one device of which holds the model and the KV
+    of a full decode batch; latencies from the planner's cost model."""
+    prefill, decode = {}, {}
+    context = mean_context(prompt, output)
+    for name, device, dollars_s in pools:
+        if (
+            COST_MODEL.min_devices(
+                model, device, batch=DECODE_BATCH, context=prompt + output, limit=1
+            )
+            is None
+        ):
+            continue
+        seconds = COST_MODEL.prefill(model, device, prompt).seconds
+        prefill[name] = Option(seconds, seconds * dollars_s)
+        timing = COST_MODEL.decode_step(model, device, context, batch=DECODE_BATCH)
+        seconds = output * timing.seconds
+        decode[name] = Option(seconds, seconds * dollars_s / DECODE_BATCH)
+    return prefill, decode
+
+
 def make_problem(tasks_wanted: int, pool_count: int, rng: random.Random) -> PlacementProblem:
     """A random agent graph of about `tasks_wanted` tasks (no SLA yet)."""
     pools = make_pools(pool_count, rng)
@@ -83,29 +106,23 @@ def make_problem(tasks_wanted: int, pool_count: int, rng: random.Random) -> Plac
     edges: list[Edge] = []
     outputs: list[str] = []  # each step's last task, which later steps read
     while len(tasks) < tasks_wanted:
+        prefill: dict[str, Option] = {}
         reads = sorted(set(rng.sample(outputs[-20:], min(len(outputs[-20:]), rng.randint(1, 2)))))
         kind = rng.choices(["llm", "tool", "retrieve"], [5, 3, 2])[0]
         step = f"s{len(outputs)}"
         if kind == "llm" and len(tasks) + 2 <= tasks_wanted:
             model = rng.choice(MODELS)
             prompt, output = rng.randint(200, 4000), rng.randint(20, 800)
-            weights = model.params_b * 2e9
-            kv_per_token = 2 * model.layers * model.kv_heads * model.head_dim * 2
-            flops = 2 * model.active_params_b * 1e9 * prompt
-            step_bytes = model.active_params_b * 2e9 + kv_per_token * (prompt + output / 2)
-            prefill, decode = {}, {}
-            for name, device, dollars_s in pools:
-                if device.memory_gb is not None and device.memory_gb * 1e9 < 1.2 * weights:
-                    continue
-                t = flops / (ETA_C * device.bf16_tflops * 1e12) + 2e-3
-                prefill[name] = Option(t, t * dollars_s)
-                t = output * step_bytes / (ETA_M * device.memory_bandwidth_gb_s * 1e9)
-                decode[name] = Option(t, t * dollars_s / DECODE_BATCH)
+            prefill, decode = llm_options(model, prompt, output, pools)
+        if kind == "llm" and not prefill:  # no room for two tasks, or no pool holds the model
+            kind = "tool"
+        if kind == "llm":
             options[f"{step}.prefill"], options[f"{step}.decode"] = prefill, decode
             tasks += [f"{step}.prefill", f"{step}.decode"]
-            edges.append(Edge(f"{step}.prefill", f"{step}.decode", kv_per_token * prompt))
+            kv = kv_bytes_per_token(model) * prompt
+            edges.append(Edge(f"{step}.prefill", f"{step}.decode", kv))
             first, last = f"{step}.prefill", f"{step}.decode"
-        elif kind == "tool" or kind == "llm":
+        elif kind == "tool":
             wait, work = rng.uniform(0.02, 1.0), rng.uniform(0.005, 0.2)
             options[step] = {
                 name: Option(wait + work, (wait + work) * dollars_s / (device.cores or 32))
@@ -118,7 +135,8 @@ def make_problem(tasks_wanted: int, pool_count: int, rng: random.Random) -> Plac
             index_bytes = rng.uniform(0.5, 20) * 1e9
             options[step] = {}
             for name, device, dollars_s in pools:
-                t = index_bytes / (ETA_M * device.memory_bandwidth_gb_s * 1e9) + 1e-3
+                scan = Work(flops=0.0, bytes=index_bytes)
+                t = COST_MODEL.time(scan, device, "decode").seconds
                 options[step][name] = Option(t, t * dollars_s)
             tasks.append(step)
             first = last = step
