@@ -1,23 +1,61 @@
 """How many devices each pool needs for the agent's traffic, and what that fleet costs an hour.
 
-A placed operator keeps its pool's devices busy for latency * devices it spans * the share it
-pays (1/batch of a decode) device-seconds per request.
-At `spec.traffic.arrivalRatePerSecond` requests per second, a pool needs
-    ceil(rate * sum of busy device-seconds of its operators / target utilization)
-devices; bursty traffic (coefficient of variation above 1) lowers the utilization one can target.
+Mélange's ILP (Griggs et al., 2024) picks GPU counts per type and splits request buckets across
+them at the lowest hourly cost. Here the buckets are placements: every candidate placement meets
+the SLA on its own (the planner's optimum, the baselines that meet it, the optimum with one
+operator moved), so any split of the traffic across them keeps every request within the SLA.
+A server is one replica of a model on a tensor-parallel group of a pool's devices (host
+operators: one device of a CPU pool); candidate k asks `load[k][server]` device-seconds of it per
+request.
+
+    minimize    Σ_s price(pool(s)) · group(s) · n_s                 ($ per hour of the fleet)
+    subject to  Σ_k x_k = 1                                         (all traffic is served)
+                rate · Σ_k load[k][s] · x_k ≤ U · group(s) · n_s    (capacity, each server)
+                Σ_{s on p} group(s) · n_s ≤ available(p)            (the cluster's devices)
+                x_k ∈ [0, 1],  n_s whole numbers
+
+U is the target utilization, lowered for bursty traffic. When the cluster is too small for the
+traffic, the last constraint admits missing devices at a price far above any real one: the fleet
+uses every device the cluster has before it asks for more, and each short pool is flagged.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
 
 from hetagent.compiler.placement import Pool
 from hetagent.planner.tco import HourlyCost
 from hetagent.spec import Traffic
 
 TARGET_UTILIZATION = 0.7  # headroom for queueing at Poisson arrivals
+# Among fleets of equal hourly cost, prefer the split whose requests use less device time.
+TIE_BREAK = 1e-6
+SOLVE_SECONDS = 10.0
+SHORTAGE_PRICE = 1000.0  # x the dearest device-hour: a missing device is the last resort
+
+
+@dataclass(frozen=True)
+class Server:
+    """One replica of `model` ("host" for host operators) on `group` devices of `pool`."""
+
+    pool: str
+    model: str
+    group: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A placement requests may take, the device-seconds it asks of each server per request,
+    and what a request costs on it."""
+
+    name: str
+    load: Mapping[Server, float]
+    usd_per_request: float
 
 
 @dataclass(frozen=True)
@@ -27,6 +65,7 @@ class PoolFleet:
     devices_available: int
     utilization: float  # of the devices needed, at the arrival rate
     usd_per_hour: float  # the devices needed, for an hour
+    replicas: Mapping[str, int]  # "model x group" -> replicas on this pool
 
     @property
     def fits(self) -> bool:
@@ -34,35 +73,103 @@ class PoolFleet:
         return self.devices_needed <= self.devices_available
 
 
+@dataclass(frozen=True)
+class Fleet:
+    pools: list[PoolFleet]
+    shares: Mapping[str, float]  # candidate name -> share of the requests it serves
+
+    @property
+    def usd_per_hour(self) -> float:
+        return sum(p.usd_per_hour for p in self.pools)
+
+    @property
+    def fits(self) -> bool:
+        return all(p.fits for p in self.pools)
+
+
 def size_fleet(
-    usage: Iterable[tuple[str, float, int]],
+    candidates: Sequence[Candidate],
     hourly: Mapping[str, HourlyCost],
     pools: Iterable[Pool],
     traffic: Traffic | None,
-) -> list[PoolFleet]:
-    """Devices per pool for the traffic (1 request/s when the agent declares none), from the
-    (pool, device-seconds per request, tensor-parallel group) of every placed operator: a
-    pool's count is rounded up to whole groups of the largest model it serves."""
+) -> Fleet:
+    """The cheapest fleet (and traffic split) for the traffic, 1 request/s when none is
+    declared; the first candidate should be the planner's optimum."""
+    if not candidates:
+        raise ValueError("fleet sizing needs at least one candidate placement")
+    pools = list(pools)
     rate = traffic.arrival_rate_per_second if traffic else 1.0
-    burstiness = traffic.burstiness if traffic else 1.0
-    target = TARGET_UTILIZATION / max(1.0, burstiness)
-    busy: dict[str, float] = {}
-    group: dict[str, int] = {}
-    for pool, device_seconds, devices in usage:
-        busy[pool] = busy.get(pool, 0.0) + device_seconds
-        group[pool] = max(group.get(pool, 1), devices)
+    target = TARGET_UTILIZATION / max(1.0, traffic.burstiness if traffic else 1.0)
+    servers = sorted(
+        {s for c in candidates for s in c.load}, key=lambda s: (s.pool, s.model, s.group)
+    )
+    solved = _solve(candidates, servers, hourly, pools, rate, target)
+    if solved is None:
+        raise RuntimeError("the fleet ILP found no solution (HiGHS); this is a bug")
+    shares, replicas = solved
     fleet = []
     for pool in pools:
-        load = rate * busy.get(pool.name, 0.0)  # devices busy on average
-        unit = group.get(pool.name, 1)
-        needed = unit * math.ceil(load / target / unit) if load > 0 else 0
+        mine = [s for s in servers if s.pool == pool.name and replicas[s]]
+        devices = sum(s.group * replicas[s] for s in mine)
+        busy = rate * sum(
+            shares[c.name] * load for c in candidates for s, load in c.load.items() if s in mine
+        )
         fleet.append(
             PoolFleet(
                 pool=pool.name,
-                devices_needed=needed,
+                devices_needed=devices,
                 devices_available=pool.count,
-                utilization=load / needed if needed else 0.0,
-                usd_per_hour=needed * hourly[pool.name].total,
+                utilization=busy / devices if devices else 0.0,
+                usd_per_hour=devices * hourly[pool.name].total,
+                replicas={f"{s.model} x{s.group}": replicas[s] for s in mine},
             )
         )
-    return fleet
+    return Fleet(fleet, {name: share for name, share in shares.items() if share > 1e-9})
+
+
+def _solve(
+    candidates: Sequence[Candidate],
+    servers: list[Server],
+    hourly: Mapping[str, HourlyCost],
+    pools: list[Pool],
+    rate: float,
+    target: float,
+) -> tuple[dict[str, float], dict[Server, int]] | None:
+    """Variables: x_k (the candidates' traffic shares), n_s (replicas of each server), then
+    short_p (devices pool p lacks, priced far above any device so they are a last resort)."""
+    k, s, p = len(candidates), len(servers), len(pools)
+    hour = 3600 * rate
+    shortage_price = SHORTAGE_PRICE * max(h.total for h in hourly.values())
+    cost = np.array(
+        [TIE_BREAK * c.usd_per_request * hour for c in candidates]
+        + [hourly[v.pool].total * v.group for v in servers]
+        + [shortage_price] * p
+    )
+    rows, lower, upper = [], [], []
+    rows.append([1.0] * k + [0.0] * (s + p))  # all traffic is served
+    lower.append(1.0)
+    upper.append(1.0)
+    for j, server in enumerate(servers):  # capacity of each server
+        row = [rate * c.load.get(server, 0.0) for c in candidates] + [0.0] * (s + p)
+        row[k + j] = -target * server.group
+        rows.append(row)
+        lower.append(-np.inf)
+        upper.append(0.0)
+    for i, pool in enumerate(pools):  # the cluster's devices, and what it lacks
+        row = [0.0] * k + [v.group if v.pool == pool.name else 0.0 for v in servers] + [0.0] * p
+        row[k + s + i] = -1.0
+        rows.append(row)
+        lower.append(-np.inf)
+        upper.append(pool.count)
+    result = milp(
+        cost,
+        constraints=LinearConstraint(np.array(rows), lower, upper),
+        integrality=np.array([0] * k + [1] * (s + p)),
+        bounds=Bounds([0.0] * (k + s + p), [1.0] * k + [np.inf] * (s + p)),
+        options={"time_limit": SOLVE_SECONDS},
+    )
+    if result.x is None:
+        return None
+    shares = {c.name: float(result.x[i]) for i, c in enumerate(candidates)}
+    replicas = {v: math.ceil(result.x[k + j] - 1e-6) for j, v in enumerate(servers)}
+    return shares, replicas

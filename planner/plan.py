@@ -33,8 +33,9 @@ from hetagent.compiler.dialects.base import HetOp, from_attr
 from hetagent.compiler.placement import FOLLOWERS, MODEL_OPS, Placement, Pool, placed_ops
 from hetagent.planner.catalog import Device
 from hetagent.planner.costmodel import MAX_TENSOR_PARALLEL, CostModel, CostModelError
-from hetagent.planner.fleet import PoolFleet, size_fleet
+from hetagent.planner.fleet import Candidate, Fleet, Server, size_fleet
 from hetagent.planner.placement import baselines, solve
+from hetagent.planner.placement.baselines import Baseline
 from hetagent.planner.placement.problem import Edge, Infeasible, Option, PlacementProblem, Solution
 from hetagent.planner.tco import HourlyCost, device_hour_cost
 from hetagent.planner.workload import kv_bytes_per_token, mean_context
@@ -46,6 +47,7 @@ DEFAULT_TOOL_SECONDS = 1.0
 HOST_OP_SECONDS = {"data.template": 1e-4, "data.parse": 1e-4, "retr.search": 2e-3}
 BYTES_PER_TEXT_TOKEN = 4  # text and token ids between pools
 DEFAULT_LINK = (12.5e9, 10e-6)  # 100 Gb/s Ethernet, 10 us: pools with no link declared
+MAX_TASKS_FOR_MOVES = 200  # one-operator moves offered to the fleet ILP (tasks x pools evaluations)
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,9 @@ class AgentPlan:
     assignments: list[Assignment]
     baselines: list[BaselineResult]
     output_tokens: int
+    fleet: Fleet
     hourly: dict[str, HourlyCost] = field(default_factory=dict)
     pools: tuple[Pool, ...] = ()
-    fleet: list[PoolFleet] = field(default_factory=list)
     energy_joules: float = 0.0  # per request, devices' power at the cluster's PUE
     arrival_rate: float = 1.0  # requests per second the fleet is sized for
 
@@ -97,7 +99,7 @@ class AgentPlan:
     def usd_per_request_at_fleet(self) -> float:
         """What a request costs when the whole fleet the traffic needs is paid for, idle time
         included (the solution's cost counts only the device time requests use)."""
-        return sum(f.usd_per_hour for f in self.fleet) / (3600 * self.arrival_rate)
+        return self.fleet.usd_per_hour / (3600 * self.arrival_rate)
 
     @property
     def placement(self) -> Placement:
@@ -159,7 +161,8 @@ def plan_agent(
         )
     ours = solution.cost_usd
     results = []
-    for baseline in baselines(problem):
+    baselines_found = baselines(problem)
+    for baseline in baselines_found:
         if baseline.solution is None:
             results.append(BaselineResult(baseline.name, None, None, False, None, baseline.reason))
             continue
@@ -187,12 +190,8 @@ def plan_agent(
         )
         for task, pool in solution.assignment.items()
     ]
-    fleet = size_fleet(
-        ((a.pool, a.device_seconds, a.devices) for a in assignments),
-        builder.hourly,
-        builder.pools,
-        graph.spec.traffic,
-    )
+    candidates = builder.fleet_candidates(problem, solution, baselines_found)
+    fleet = size_fleet(candidates, builder.hourly, builder.pools, graph.spec.traffic)
     return AgentPlan(
         agent=graph.metadata.name,
         cluster=cluster.metadata.name,
@@ -241,6 +240,7 @@ class _ProblemBuilder:
         traffic = graph.spec.traffic
         self.rate = traffic.arrival_rate_per_second if traffic else 1.0  # requests per second
         self.kinds: dict[str, str] = {}
+        self.models: dict[str, str] = {}  # the model an operator runs; "host" for the rest
         self.output_tokens = 0
 
     def build(self, module: ModuleOp) -> PlacementProblem:
@@ -251,6 +251,7 @@ class _ProblemBuilder:
         for op in tasks:
             task = op.attr("id")
             self.kinds[task] = op.name
+            self.models[task] = op.attr("model") if isinstance(op, MODEL_OPS) else "host"
             p95, expected = _turns(op)
             options[task], why_not = {}, []
             for pool in self.pools:
@@ -357,6 +358,38 @@ class _ProblemBuilder:
             devices *= 2
         metric = "tpotSeconds" if decode else "ttftSeconds"
         return f"{slowest:.3g} s on {limit} x {device.id} misses {metric} {bound:g}"
+
+    def fleet_candidates(
+        self, problem: PlacementProblem, optimum: Solution, found: list[Baseline]
+    ) -> list[Candidate]:
+        """Placements the fleet may split traffic across, each meeting the SLA on its own: the
+        optimum, the baselines that meet it, and the optimum with one operator moved to another
+        pool where the SLA still holds (a spill-over when the optimum's pool runs short)."""
+        placements = {"optimal": optimum}
+        placements |= {b.name: b.solution for b in found if b.solution and b.solution.sla_met}
+        if len(problem.tasks) <= MAX_TASKS_FOR_MOVES:
+            for task in problem.tasks:
+                for pool in problem.options[task]:
+                    if pool != optimum.assignment[task]:
+                        moved = problem.evaluate(optimum.assignment | {task: pool})
+                        if moved.sla_met:
+                            placements[f"{task} on {pool}"] = moved
+        unique: dict[tuple, Candidate] = {}
+        for name, solution in placements.items():
+            key = tuple(sorted(solution.assignment.items()))
+            if key not in unique:
+                unique[key] = Candidate(name, self._load(solution), solution.cost_usd)
+        return list(unique.values())
+
+    def _load(self, solution: Solution) -> dict[Server, float]:
+        """Device-seconds per request a placement asks of each server (model x group x pool)."""
+        load: dict[Server, float] = {}
+        for task, pool in solution.assignment.items():
+            seconds = self.device_seconds[task, pool]
+            if seconds > 0:
+                server = Server(pool, self.models[task], self.runs[task, pool].devices)
+                load[server] = load.get(server, 0.0) + seconds
+        return load
 
     def energy_problem(self, problem: PlacementProblem) -> PlacementProblem:
         """The same problem with joules per request in place of dollars."""

@@ -27,7 +27,8 @@ def plan_json(plan: AgentPlan) -> dict[str, Any]:
         "critical_path": list(solution.critical_path),
         "assignments": [vars(a) for a in plan.assignments],
         "baselines": [vars(b) for b in plan.baselines],
-        "fleet": [vars(f) | {"fits": f.fits} for f in plan.fleet],
+        "fleet": [vars(f) | {"fits": f.fits} for f in plan.fleet.pools],
+        "fleet_shares": dict(plan.fleet.shares),
         "pools": {
             name: {
                 "usd_per_hour": cost.total,
@@ -82,15 +83,18 @@ def plan_tables(plan: AgentPlan) -> Group:
         f"${plan.usd_per_request_at_fleet:.4g} per request with idle time paid",
         show_edge=False,
     )
-    for column in ("pool", "devices needed", "in cluster", "utilization", "$/hour"):
+    for column in ("pool", "devices needed", "in cluster", "replicas", "utilization", "$/hour"):
         fleet.add_column(column)
-    for f in plan.fleet:
+    for f in plan.fleet.pools:
         if f.devices_needed:
             fleet.add_row(
                 f.pool,
                 str(f.devices_needed),
                 str(f.devices_available) + ("" if f.fits else " (too few)"),
+                escape(", ".join(f"{n} x ({server})" for server, n in f.replicas.items())),
                 f"{f.utilization:.0%}",
                 f"{f.usd_per_hour:,.2f}",
             )
-    return Group(operators, summary, comparison, fleet)
+    shares = ", ".join(f"{share:.0%} {name}" for name, share in plan.fleet.shares.items())
+    split = Text(f"traffic split: {shares}") if len(plan.fleet.shares) > 1 else Text("")
+    return Group(operators, summary, comparison, fleet, split)
