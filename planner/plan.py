@@ -274,9 +274,10 @@ class _ProblemBuilder:
                 self.output_tokens += round(op.attr("tokens") * expected)
             for value in op.operands:
                 for source in _sources(value):
-                    if id(source) in ids:
-                        moved = self._bytes(value, source) * p95
-                        edges.append(Edge(ids[id(source)], task, moved))
+                    if id(source) in ids:  # a value entering a loop is moved once
+                        crossings = p95 if _loop(source) is _loop(op) else 1.0
+                        moved = self._bytes(value, source)
+                        edges.append(Edge(ids[id(source)], task, moved, crossings))
         slo = self.graph.spec.slo
         return PlacementProblem(
             tasks=tuple(op.attr("id") for op in tasks),
@@ -440,11 +441,17 @@ class _ProblemBuilder:
         return latency + size / bandwidth
 
 
-def _turns(op: Operation) -> tuple[float, float]:
-    """(p95, expected) turns of the ReAct loop an op is in; (1, 1) outside loops."""
+def _loop(op: Operation) -> Operation | None:
+    """The ReAct loop an op is in, if any."""
     parent = op.parent_op()
     while parent is not None and not is_react_loop(parent):
         parent = parent.parent_op()
+    return parent
+
+
+def _turns(op: Operation) -> tuple[float, float]:
+    """(p95, expected) turns of the ReAct loop an op is in; (1, 1) outside loops."""
+    parent = _loop(op)
     if parent is None:
         return 1.0, 1.0
     return (
@@ -463,7 +470,9 @@ def _decode_context(op: llm.DecodeOp) -> int:
 
 def _sources(value: SSAValue) -> list[HetOp]:
     """The placed operators a value comes from, looking through followers (a lease, a
-    loop's condition, transfers) and the loop's first-turn edges (the graph is acyclic)."""
+    loop's condition, transfers) and the loop's first-turn edges (the graph is acyclic). So
+    the back edge of a loop (a turn's observation to the next turn's prefill) is not priced:
+    it carries a few KB of text, microseconds on any link, where the KV stays with its lease."""
     source = producer(value, back_edge=False)
     if source is None or not isinstance(source, HetOp):
         return []

@@ -164,7 +164,6 @@ class _Placement:
             for u, v in dict.fromkeys(self.ends)
             if all(w == v for w, _ in self.succs[u]) or all(w == u for w, _ in self.preds[v])
         ]
-        self.edge_bytes = [e.bytes for e in problem.edges]
         self._seconds: list[dict[int, float]] = [{} for _ in problem.edges]  # p·P+q -> s
         self._dollars: list[dict[int, float]] = [{} for _ in problem.edges]  # p·P+q -> $
         self.pool = [pool_index[start[t]] for t in self.tasks]
@@ -198,16 +197,16 @@ class _Placement:
         key = p * self.n_pools + q
         cache = self._seconds[edge]
         if key not in cache:
-            names, size = self.pool_names, self.edge_bytes[edge]
-            cache[key] = self.problem.transfer_seconds(names[p], names[q], size)
+            names = self.pool_names
+            cache[key] = self.problem.edge_seconds(self.problem.edges[edge], names[p], names[q])
         return cache[key]
 
     def dollars(self, edge: int, p: int, q: int) -> float:
         key = p * self.n_pools + q
         cache = self._dollars[edge]
         if key not in cache:
-            names, size = self.pool_names, self.edge_bytes[edge]
-            cache[key] = self.problem.transfer_cost_usd(names[p], names[q], size)
+            names = self.pool_names
+            cache[key] = self.problem.edge_cost_usd(self.problem.edges[edge], names[p], names[q])
         return cache[key]
 
     # --- longest paths -----------------------------------------------------------------------

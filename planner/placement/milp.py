@@ -151,8 +151,8 @@ class _Formulation:
         for i, e in enumerate(problem.edges):
             u, v = e.source, e.target
             pairs = [(p, q) for p in options[u] for q in options[v]]
-            T = {pq: problem.transfer_seconds(*pq, e.bytes) / self.time_scale for pq in pairs}
-            C = {pq: problem.transfer_cost_usd(*pq, e.bytes) / cost_scale for pq in pairs}
+            T = {pq: problem.edge_seconds(e, *pq) / self.time_scale for pq in pairs}
+            C = {pq: problem.edge_cost_usd(e, *pq) / cost_scale for pq in pairs}
             if min(T.values()) < 0 or min(C.values()) < 0:
                 raise ValueError(f"negative transfer time or cost on {u} -> {v}")
             z = self.z[i] = {pq: self.var(upper=1.0) for pq in pairs if T[pq] or C[pq]}

@@ -36,7 +36,8 @@ class Option:
 class Edge:
     source: str
     target: str
-    bytes: float  # moved when the two tasks are on different pools (loops: x p95 turns)
+    bytes: float  # moved each time the edge is crossed, when the tasks are on different pools
+    crossings: float = 1.0  # on the critical path: p95 turns when both ends are in one loop
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,13 @@ class PlacementProblem:
     host_tasks: frozenset[str] = frozenset()
     # $ per request of moving bytes between pools (network is usually priced in the pools' hours)
     transfer_cost_usd: Callable[[str, str, float], float] = field(default=lambda a, b, n: 0.0)
+
+    def edge_seconds(self, edge: Edge, source_pool: str, target_pool: str) -> float:
+        """The edge's transfers on the critical path: each crossing pays the link's latency."""
+        return edge.crossings * self.transfer_seconds(source_pool, target_pool, edge.bytes)
+
+    def edge_cost_usd(self, edge: Edge, source_pool: str, target_pool: str) -> float:
+        return edge.crossings * self.transfer_cost_usd(source_pool, target_pool, edge.bytes)
 
     def check_placeable(self) -> None:
         """Raises `Infeasible` naming the tasks no pool can run: then no placement exists at all."""
@@ -74,8 +82,8 @@ class PlacementProblem:
             start, before = 0.0, None
             for edge in incoming[task]:
                 source_pool = assignment[edge.source]
-                ready = finish[edge.source] + self.transfer_seconds(source_pool, pool, edge.bytes)
-                cost += self.transfer_cost_usd(source_pool, pool, edge.bytes)
+                ready = finish[edge.source] + self.edge_seconds(edge, source_pool, pool)
+                cost += self.edge_cost_usd(edge, source_pool, pool)
                 if ready > start:
                     start, before = ready, edge.source
             finish[task] = start + option.latency_s

@@ -98,6 +98,17 @@ def test_a_slow_kv_transfer_keeps_prefill_and_decode_on_one_pool() -> None:
     assert found.cost_usd == pytest.approx(0.110)
 
 
+@pytest.mark.parametrize("solver", ["milp", "heuristic"])
+def test_a_transfer_inside_a_loop_pays_the_link_every_turn(solver) -> None:
+    # the split alone is 120 ms with one 10 ms crossing; over 3 turns of a loop it crosses 3
+    # times (140 ms > the SLA), so both tasks stay on the fast pool
+    looped = paper_example()
+    looped = replace(looped, edges=(replace(looped.edges[0], crossings=3),))
+    split = looped.evaluate({"prefill": "fast", "decode": "cheap"})
+    assert split.latency_s == pytest.approx(0.025 + 3 * 0.010 + 0.085)
+    assert solve(looped, solver=solver).assignment == {"prefill": "fast", "decode": "fast"}
+
+
 def test_without_an_sla_the_cheapest_placement_wins() -> None:
     found = solve_milp(paper_example(sla_s=None))
 
