@@ -198,6 +198,19 @@ def test_the_heuristic_meets_the_sla_whenever_the_milp_does_at_nearly_its_cost()
     assert sum(gap <= 0.05 for gap in gaps) >= 0.9 * len(gaps)
 
 
+def test_auto_on_a_small_problem_is_as_cheap_as_the_milp() -> None:
+    rng = random.Random(7)
+    for _ in range(10):
+        problem = random_problem(rng, max_tasks=12, max_pools=4)
+        fastest = solve_min_latency(problem).latency_s
+        problem = replace(problem, sla_seconds=fastest * rng.uniform(1.0, 1.5))
+
+        found = solve(problem, solver="auto")
+
+        assert found.sla_met
+        assert found.cost_usd == pytest.approx(solve_milp(problem).cost_usd, rel=1e-9)
+
+
 def test_the_heuristic_splits_prefill_and_decode_like_the_milp() -> None:
     assert solve_heuristic(paper_example()).assignment == {"prefill": "fast", "decode": "cheap"}
 
