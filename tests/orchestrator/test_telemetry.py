@@ -7,12 +7,14 @@ from hetagent.orchestrator.telemetry import Telemetry, trace_id
 
 def test_a_run_traces_as_workflow_agent_chat_and_tool_spans_in_one_trace():
     telemetry = Telemetry.in_memory()
-    with telemetry.workflow("quickstart", "run-1") as run:
-        with telemetry.agent("solve", "smollm2-135m", program="run-1"):
-            with telemetry.chat("smollm2-135m", "cpu", "host-cpu", turn=1) as chat:
-                chat.set_attribute("gen_ai.usage.input_tokens", 120)
-            with telemetry.tool("python", "call-1", "cpu"):
-                pass
+    with (
+        telemetry.workflow("quickstart", "run-1") as run,
+        telemetry.agent("solve", "smollm2-135m", program="run-1"),
+    ):
+        with telemetry.chat("smollm2-135m", "cpu", "host-cpu", turn=1) as chat:
+            chat.set_attribute("gen_ai.usage.input_tokens", 120)
+        with telemetry.tool("python", "call-1", "cpu"):
+            pass
     spans = {s.name: s for s in telemetry.finished_spans()}
     assert set(spans) == {
         "invoke_workflow quickstart",
