@@ -8,6 +8,8 @@ from pathlib import Path
 _scratch = Path(tempfile.mkdtemp(prefix="hetagent-tests-"))
 os.environ["HETAGENT_EFFICIENCY"] = str(_scratch / "efficiency.csv")  # absent: packaged priors
 os.environ["HETAGENT_HOST_PROBE"] = str(_scratch / "host-probe.json")
+os.environ["HETAGENT_DB"] = f"sqlite:///{_scratch / 'runs.db'}"
+os.environ["HETAGENT_WORKSPACES"] = str(_scratch / "workspaces")
 
 # CI runs the same examples every time, so a failure there is reproducible; developers' runs
 # keep exploring new ones (hypothesis's default).
