@@ -46,7 +46,7 @@ from hetagent.orchestrator.actions import (
     describe_tools,
     parse_reply,
 )
-from hetagent.orchestrator.store import RunStore, Step
+from hetagent.orchestrator.store import RunStore, Step, StepRecord
 from hetagent.orchestrator.telemetry import Telemetry, trace_id
 from hetagent.orchestrator.templates import Scope, as_text, node_outputs
 
@@ -119,6 +119,7 @@ class Runtime:
         self.owner = owner or f"{os.uname().nodename}:{os.getpid()}"
         self.tasks: dict[str, asyncio.Task] = {}
         self.tool_seconds: dict[str, list[float]] = {}  # each tool's recent durations
+        self.checkpoints = _Checkpoints(store)
         self.pools: set[str] = set()
 
     # -- the public face ----------------------------------------------------------------------
@@ -207,6 +208,33 @@ class Runtime:
         history = self.tool_seconds.setdefault(tool, [])
         history.append(seconds)
         del history[:-HISTORY]
+
+
+class _Checkpoints:
+    """Step records written behind the runs, many to a transaction, on a worker thread so no
+    run waits on the disk; `durable()` returns once everything recorded so far is committed."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        self.pending: list[StepRecord] = []
+        self.writer: asyncio.Task | None = None
+
+    def add(self, record: StepRecord) -> None:
+        self.pending.append(record)
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            await asyncio.to_thread(self.store.record_steps, batch)
+
+    async def durable(self) -> None:
+        """Wait for the records so far (a failed write raises here, in every waiting run)."""
+        while self.writer is not None and (self.pending or not self.writer.done()):
+            await asyncio.shield(self.writer)
+        if self.writer is not None and self.writer.done():
+            self.writer.result()
 
 
 def bind_inputs(plan: ExecutablePlan, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -354,12 +382,14 @@ class _Execution:
                 scope = Scope(self.plan.documents, self.plan.values, env)
                 declared = self.plan.documents[""]["spec"].get("outputs", {})
                 outputs = {key: scope.fill(text) for key, text in declared.items()}
+                await self.runtime.checkpoints.durable()
             except asyncio.CancelledError:
                 self.telemetry.runs.labels(self.plan.agent, "cancelled").inc()
                 if store.get_run(run_id).status != "cancelled":  # the process is stopping
                     raise
                 return
             except RunError as error:
+                await self.runtime.checkpoints.durable()
                 store.set_status(run_id, "failed", error=str(error))
                 self.telemetry.runs.labels(self.plan.agent, "failed").inc()
                 return
@@ -414,14 +444,18 @@ class _Execution:
         attempts = retry.get("maxAttempts", 3) if retry is not None else 1
         backoff = retry.get("backoffSeconds", 1.0) if retry is not None else 0.0
         growth = retry.get("backoffMultiplier", 2.0) if retry is not None else 1.0
+        checkpoints, pool = self.runtime.checkpoints, unit.ops[-1].pool
         for attempt in range(1, attempts + 1):
-            pool = unit.ops[-1].pool
-            self.store.start_step(self.run_id, key, kind=unit.kind, node=unit.node, pool=pool)
+            checkpoints.add(
+                StepRecord(self.run_id, key, "running", time.time(), unit.kind, unit.node, pool)
+            )
             started = time.perf_counter()
             try:
                 values, details = await self._with_timeout(unit, runner(unit, env, turns, key))
             except RunError as error:
-                self.store.fail_step(self.run_id, key, str(error))
+                checkpoints.add(
+                    StepRecord(self.run_id, key, "failed", time.time(), error=str(error))
+                )
                 self.telemetry.steps.labels(unit.kind, pool or "", "failed").inc()
                 if attempt == attempts:
                     raise
@@ -431,8 +465,12 @@ class _Execution:
             self.telemetry.steps.labels(unit.kind, pool or "", "succeeded").inc()
             self.telemetry.step_seconds.labels(unit.kind, pool or "").observe(seconds)
             outputs = [_jsonable(values[name]) for name in unit.outputs]
-            kept = self.store.finish_step(self.run_id, key, outputs, details=details)
-            return dict(zip(unit.outputs, kept, strict=True))
+            checkpoints.add(
+                StepRecord(
+                    self.run_id, key, "succeeded", time.time(), outputs=outputs, details=details
+                )
+            )
+            return dict(zip(unit.outputs, outputs, strict=True))
         raise AssertionError("unreachable")
 
     async def _with_timeout(self, unit: _Unit, work: Awaitable[Any]) -> Any:
@@ -635,6 +673,9 @@ class _Execution:
             cpu=op.attributes.get("cpu") or hints.get("cpu"),
             program=self.run_id,
         )
+        # a tool acts on the world: what the run did before it must be on disk first, so a
+        # resumed run never repeats a finished step's side effect
+        await self.runtime.checkpoints.durable()
         with self.telemetry.tool(tool, key, op.pool):
             try:
                 result: ToolResult = await self.backend.tool(call)

@@ -34,13 +34,17 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
     event,
     insert,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import StaticPool
 
 RUN_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 UNFINISHED = ("pending", "running")
@@ -144,6 +148,22 @@ class Step:
     error: str | None
     started_at: float
     finished_at: float | None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One change to a step: it started (again), finished with its outputs, or failed."""
+
+    run_id: str
+    key: str
+    state: str  # running | succeeded | failed
+    time: float
+    kind: str | None = None
+    node: str | None = None
+    pool: str | None = None
+    outputs: Any = None
+    details: dict[str, Any] | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -311,82 +331,86 @@ class RunStore:
 
     # -- steps ----------------------------------------------------------------------------
 
+    def record_steps(self, records: list[StepRecord]) -> None:
+        """Apply step changes in one transaction (the runtime writes its steps behind the runs,
+        many to a commit): each step's changes fold into one row write, all rows in one
+        statement. A finished step stays finished with its first outputs."""
+        if not records:
+            return
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in records:  # fold each step's changes, in order
+            row = rows.setdefault(
+                (r.run_id, r.key),
+                {"run_id": r.run_id, "key": r.key, "kind": "", "node": None, "pool": None,
+                 "attempt": 0, "started_at": r.time, "outputs": None, "details": None,
+                 "error": None, "finished_at": None},
+            )  # fmt: skip
+            if r.state == "running":
+                row.update(kind=r.kind, node=r.node, pool=r.pool, started_at=r.time, error=None)
+                row["attempt"] += 1
+                row["finished_at"] = None
+            elif r.state == "succeeded":
+                _check_json(r.outputs, f"outputs of step {r.key}")
+                row.update(outputs=r.outputs, details=r.details, finished_at=r.time)
+            elif r.state == "failed":
+                row.update(error=r.error, finished_at=r.time)
+            else:
+                raise ValueError(f"unknown step state {r.state!r}")
+            row["status"] = r.state
+        insert_rows = (sqlite_insert if self.engine.dialect.name == "sqlite" else postgres_insert)(
+            steps
+        )
+        new = insert_rows.excluded
+        upsert = insert_rows.on_conflict_do_update(
+            index_elements=[steps.c.run_id, steps.c.key],
+            set_={
+                "status": new.status,
+                "attempt": steps.c.attempt + new.attempt,
+                "started_at": case((new.attempt > 0, new.started_at), else_=steps.c.started_at),
+                "outputs": new.outputs,
+                "details": new.details,
+                "error": new.error,
+                "finished_at": new.finished_at,
+            },
+            where=steps.c.status != "succeeded",
+        )
+        happened = [
+            {"run_id": r.run_id, "time": r.time, "type": f"step.{r.state}", "data": _data(r)}
+            for r in records
+        ]
+        with self.engine.begin() as db:
+            db.execute(upsert, list(rows.values()))
+            db.execute(insert(events), happened)
+
     def start_step(
         self, run_id: str, key: str, *, kind: str, node: str | None, pool: str | None
     ) -> int:
         """Record that a step began (again); returns its attempt number."""
-        now = time.time()
-        with self.engine.begin() as db:
-            row = db.execute(
-                select(steps.c.attempt, steps.c.status).where(
-                    steps.c.run_id == run_id, steps.c.key == key
-                )
-            ).first()
-            if row is None:
-                db.execute(
-                    insert(steps).values(
-                        run_id=run_id,
-                        key=key,
-                        kind=kind,
-                        node=node,
-                        pool=pool,
-                        status="running",
-                        attempt=1,
-                        started_at=now,
-                    )
-                )
-                attempt = 1
-            else:
-                if row.status == "succeeded":
-                    raise ValueError(f"step {key} of run {run_id} already finished")
-                attempt = row.attempt + 1
-                db.execute(
-                    update(steps)
-                    .where(steps.c.run_id == run_id, steps.c.key == key)
-                    .values(status="running", attempt=attempt, started_at=now, error=None)
-                )
-            _event(db, run_id, "step.started", {"key": key, "node": node, "pool": pool})
-        return attempt
+        if self._step(run_id, key, "status") == "succeeded":
+            raise ValueError(f"step {key} of run {run_id} already finished")
+        record = StepRecord(run_id, key, "running", time.time(), kind=kind, node=node, pool=pool)
+        self.record_steps([record])
+        return self._step(run_id, key, "attempt")
 
     def finish_step(
-        self,
-        run_id: str,
-        key: str,
-        outputs: Any,
-        *,
-        details: dict[str, Any] | None = None,
+        self, run_id: str, key: str, outputs: Any, *, details: dict[str, Any] | None = None
     ) -> Any:
         """Checkpoint a finished step; returns the outputs the run keeps (the first ones, if the
         step had already finished)."""
-        now = time.time()
-        _check_json(outputs, f"outputs of step {key}")
-        with self.engine.begin() as db:
-            row = db.execute(
-                select(steps.c.status, steps.c.outputs, steps.c.started_at).where(
-                    steps.c.run_id == run_id, steps.c.key == key
-                )
-            ).first()
-            if row is not None and row.status == "succeeded":
-                return row.outputs
-            if row is None:
-                raise ValueError(f"step {key} of run {run_id} was never started")
-            db.execute(
-                update(steps)
-                .where(steps.c.run_id == run_id, steps.c.key == key)
-                .values(status="succeeded", outputs=outputs, details=details, finished_at=now)
-            )
-            data = {"key": key, "seconds": now - row.started_at} | {"details": details or {}}
-            _event(db, run_id, "step.finished", data)
-        return outputs
+        if self._step(run_id, key, "status") is None:
+            raise ValueError(f"step {key} of run {run_id} was never started")
+        record = StepRecord(run_id, key, "succeeded", time.time(), outputs=outputs, details=details)
+        self.record_steps([record])
+        return self._step(run_id, key, "outputs")
 
     def fail_step(self, run_id: str, key: str, error: str) -> None:
-        with self.engine.begin() as db:
-            db.execute(
-                update(steps)
-                .where(steps.c.run_id == run_id, steps.c.key == key)
-                .values(status="failed", error=error, finished_at=time.time())
-            )
-            _event(db, run_id, "step.failed", {"key": key, "error": error})
+        self.record_steps([StepRecord(run_id, key, "failed", time.time(), error=error)])
+
+    def _step(self, run_id: str, key: str, column: str) -> Any:
+        with self.engine.connect() as db:
+            return db.execute(
+                select(steps.c[column]).where(steps.c.run_id == run_id, steps.c.key == key)
+            ).scalar()
 
     def finished_steps(self, run_id: str) -> dict[str, Any]:
         """key -> outputs of every finished step of the run: what a resumed run skips."""
@@ -428,6 +452,18 @@ class RunStore:
                 yield Event(**row)
 
 
+def _data(record: StepRecord) -> dict[str, Any]:
+    """What a step event tells a follower of the run."""
+    data: dict[str, Any] = {"key": record.key}
+    if record.state == "running":
+        data |= {"node": record.node, "pool": record.pool}
+    elif record.state == "succeeded":
+        data["details"] = record.details or {}
+    else:
+        data["error"] = record.error
+    return data
+
+
 def _event(db, run_id: str, type: str, data: dict[str, Any]) -> None:
     db.execute(insert(events).values(run_id=run_id, time=time.time(), type=type, data=data))
 
@@ -446,7 +482,10 @@ def _connect(url: str) -> Engine:
             database = url.split("///", 1)[1] if "///" in url else ""
             if database and database != ":memory:":
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            options: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+            if database in ("", ":memory:"):  # one connection, or each thread sees its own db
+                options["poolclass"] = StaticPool
+            engine = create_engine(url, **options)
             event.listen(engine, "connect", _sqlite_pragmas)
             return engine
         return create_engine(url, pool_pre_ping=True)
@@ -467,4 +506,4 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.close()
 
 
-__all__ = ["Event", "Run", "RunStore", "Step", "StoreError", "default_url"]
+__all__ = ["Event", "Run", "RunStore", "Step", "StepRecord", "StoreError", "default_url"]

@@ -46,19 +46,21 @@ def test_runs_killed_mid_step_resume_and_finish_with_each_step_run_exactly_once(
     first = worker("start", tmp_path)
     store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
     deadline = time.monotonic() + 120  # a bound on waiting, not a timing assertion
-    while True:  # until every run is inside its held step
-        held = [
-            run
-            for run in store.list_runs()
-            if any(s.key == "hold.exec" and s.status == "running" for s in store.steps(run.id))
-        ]
-        if len(held) == RUNS:
-            break
-        assert first.poll() is None, first.stderr.read()
-        assert time.monotonic() < deadline, "the runs never reached their held step"
-        time.sleep(0.05)
-    first.kill()  # SIGKILL: no cleanup, no goodbye
-    first.wait()
+    try:
+        while True:  # until every run is inside its held step
+            held = [
+                run
+                for run in store.list_runs()
+                if any(s.key == "hold.exec" and s.status == "running" for s in store.steps(run.id))
+            ]
+            if len(held) == RUNS:
+                break
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline, "the runs never reached their held step"
+            time.sleep(0.05)
+    finally:
+        first.kill()  # SIGKILL: no cleanup, no goodbye
+        first.wait()
     assert {run.status for run in store.list_runs()} == {"running"}
 
     (tmp_path / "gate").touch()
