@@ -212,29 +212,49 @@ class Runtime:
 
 class _Checkpoints:
     """Step records written behind the runs, many to a transaction, on a worker thread so no
-    run waits on the disk; `durable()` returns once everything recorded so far is committed."""
+    run waits on the disk; `durable()` returns once everything recorded before it is committed
+    (not what other runs add meanwhile)."""
 
     def __init__(self, store: RunStore):
         self.store = store
         self.pending: list[StepRecord] = []
+        self.added = self.committed = 0
         self.writer: asyncio.Task | None = None
+        self.progress: asyncio.Event | None = None
+        self.error: Exception | None = None
 
     def add(self, record: StepRecord) -> None:
         self.pending.append(record)
+        self.added += 1
         if self.writer is None or self.writer.done():
             self.writer = asyncio.get_running_loop().create_task(self._write())
 
     async def _write(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending, []
-            await asyncio.to_thread(self.store.record_steps, batch)
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                await asyncio.to_thread(self.store.record_steps, batch)
+                self.committed += len(batch)
+                self._wake()
+        except Exception as error:  # the database failed: every run waiting on it fails
+            self.error = error
+        finally:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self.progress is not None:
+            self.progress.set()
+            self.progress = None
 
     async def durable(self) -> None:
-        """Wait for the records so far (a failed write raises here, in every waiting run)."""
-        while self.writer is not None and (self.pending or not self.writer.done()):
-            await asyncio.shield(self.writer)
-        if self.writer is not None and self.writer.done():
-            self.writer.result()
+        """Wait for the records added so far (a failed write raises here)."""
+        target = self.added
+        while self.committed < target:
+            if self.error is not None:
+                raise RunError(f"the run store failed: {self.error}")
+            if self.progress is None:
+                self.progress = asyncio.Event()
+            await self.progress.wait()
 
 
 def bind_inputs(plan: ExecutablePlan, inputs: dict[str, Any]) -> dict[str, Any]:
