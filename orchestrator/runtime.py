@@ -15,6 +15,7 @@ touches the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -409,7 +410,8 @@ class _Execution:
                     raise
                 return
             except RunError as error:
-                await self.runtime.checkpoints.durable()
+                with contextlib.suppress(RunError):  # the steps so far, if the store works
+                    await self.runtime.checkpoints.durable()
                 store.set_status(run_id, "failed", error=str(error))
                 self.telemetry.runs.labels(self.plan.agent, "failed").inc()
                 return
