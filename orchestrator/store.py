@@ -34,15 +34,14 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    case,
+    bindparam,
     create_engine,
     event,
     insert,
     select,
+    text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgres_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import StaticPool
 
@@ -107,6 +106,29 @@ events = Table(
     Column("data", JSON, nullable=False),
     UniqueConstraint("run_id", "id"),
 )
+
+
+# One statement for a batch of step changes, the same in SQLite and PostgreSQL; written out
+# once (a SQLAlchemy upsert construct would be compiled again for every batch). A step that
+# has finished keeps its first outputs.
+_STEP_UPSERT = text(
+    """
+    INSERT INTO steps (run_id, key, kind, node, pool, status, attempt, outputs, details, error,
+                       started_at, finished_at)
+    VALUES (:run_id, :key, :kind, :node, :pool, :status, :attempt, :outputs, :details, :error,
+            :started_at, :finished_at)
+    ON CONFLICT (run_id, key) DO UPDATE SET
+        status = excluded.status,
+        attempt = steps.attempt + excluded.attempt,
+        started_at = CASE WHEN excluded.attempt > 0 THEN excluded.started_at
+                          ELSE steps.started_at END,
+        outputs = excluded.outputs,
+        details = excluded.details,
+        error = excluded.error,
+        finished_at = excluded.finished_at
+    WHERE steps.status != 'succeeded'
+    """
+).bindparams(bindparam("outputs", type_=JSON), bindparam("details", type_=JSON))
 
 
 class StoreError(ValueError):
@@ -357,23 +379,7 @@ class RunStore:
             else:
                 raise ValueError(f"unknown step state {r.state!r}")
             row["status"] = r.state
-        insert_rows = (sqlite_insert if self.engine.dialect.name == "sqlite" else postgres_insert)(
-            steps
-        )
-        new = insert_rows.excluded
-        upsert = insert_rows.on_conflict_do_update(
-            index_elements=[steps.c.run_id, steps.c.key],
-            set_={
-                "status": new.status,
-                "attempt": steps.c.attempt + new.attempt,
-                "started_at": case((new.attempt > 0, new.started_at), else_=steps.c.started_at),
-                "outputs": new.outputs,
-                "details": new.details,
-                "error": new.error,
-                "finished_at": new.finished_at,
-            },
-            where=steps.c.status != "succeeded",
-        )
+        upsert = _STEP_UPSERT
         happened = [
             {"run_id": r.run_id, "time": r.time, "type": f"step.{r.state}", "data": _data(r)}
             for r in records
