@@ -247,6 +247,12 @@ class _Checkpoints:
             raise RunError(f"the run store failed: {self.error}")
 
 
+def workspace_root() -> Path:
+    """Where runs keep their tools' files (the same place the tools' sandbox looks)."""
+    default = Path.home() / ".local" / "share" / "hetagent" / "workspaces"
+    return Path(os.environ.get("HETAGENT_WORKSPACES") or default)
+
+
 def bind_inputs(plan: ExecutablePlan, inputs: dict[str, Any]) -> dict[str, Any]:
     """The run's inputs: given ones checked against the agent's declarations, defaults filled."""
     declared = plan.documents[""]["spec"].get("inputs", {})
@@ -373,13 +379,8 @@ class _Execution:
         self.finished = self.store.finished_steps(run_id)
         agent = plan.documents[""]
         self.policies = dict(agent["spec"].get("policies") or {}) | options.policies
-        self.workspace = options.workspace or (Path(self.store_dir()) / "workspaces" / run_id)
+        self.workspace = options.workspace or workspace_root() / run_id
         self.pool_devices = {p.name: p.device for p in plan.pools}
-
-    def store_dir(self) -> str:
-        return os.environ.get("HETAGENT_WORKSPACES") or str(
-            Path.home() / ".local" / "share" / "hetagent"
-        )
 
     async def execute(self) -> None:
         store, run_id = self.store, self.run_id
