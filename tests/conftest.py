@@ -10,6 +10,7 @@ os.environ["HETAGENT_EFFICIENCY"] = str(_scratch / "efficiency.csv")  # absent: 
 os.environ["HETAGENT_HOST_PROBE"] = str(_scratch / "host-probe.json")
 os.environ["HETAGENT_DB"] = f"sqlite:///{_scratch / 'runs.db'}"
 os.environ["HETAGENT_WORKSPACES"] = str(_scratch / "workspaces")
+os.environ["HETAGENT_INDEXES"] = str(_scratch / "indexes")
 
 # CI runs the same examples every time, so a failure there is reproducible; developers' runs
 # keep exploring new ones (hypothesis's default).
