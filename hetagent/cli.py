@@ -197,6 +197,120 @@ def _plan(graph: AgentGraph, cluster: Cluster, options=None):
         ) from None
 
 
+POLICY_KEYS = {"kv": "kvRetention", "sched": "scheduling", "resources": "resources"}
+
+
+@app.command()
+def run(
+    agent: Path = typer.Argument(..., help="The AgentGraph YAML file."),
+    inputs: list[str] = typer.Option([], "--input", "-i", help="An input as NAME=VALUE."),
+    cluster: Path | None = typer.Option(
+        None, "--cluster", help="The Cluster YAML file (default: this machine's CPU)."
+    ),
+    backend: str = typer.Option("local", "--backend", help="local."),
+    policy: str | None = typer.Option(
+        None, "--policy", help="Policies as kv=NAME,sched=NAME,resources=NAME."
+    ),
+    db: str | None = typer.Option(
+        None, "--db", help="Run store URL (default $HETAGENT_DB or ~/.local/share/hetagent)."
+    ),
+    kv_memory_mb: float = typer.Option(256.0, "--kv-memory-mb", help="Each engine's KV pool."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Plan an agent, compile it, and run it end to end; print its outputs and steps."""
+    import asyncio
+
+    from hetagent.compiler import compile_plan
+    from hetagent.orchestrator.progress import run_with_progress
+
+    if backend != "local":
+        raise _fail(f"unknown --backend {backend!r}; use local")
+    values = {}
+    for item in inputs:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            raise _fail(f"--input {item!r}: give NAME=VALUE")
+        values[name] = value
+    overrides = _policies(policy)
+    graph = _load(agent, AgentGraph)
+    where = _load(cluster, Cluster) if cluster is not None else _this_machine()
+    plan = compile_plan(graph, _plan(graph, where).placement)
+    policies = (
+        dict(graph.spec.policies.model_dump(by_alias=True, exclude_none=True))
+        if (graph.spec.policies)
+        else {}
+    )
+    policies |= overrides
+    code = asyncio.run(
+        run_with_progress(
+            plan,
+            values,
+            base_dir=agent.resolve().parent,
+            policies=policies,
+            db=db,
+            kv_memory_mb=kv_memory_mb,
+            as_json=as_json,
+            console=out,
+            fail=_fail,
+        )
+    )
+    raise typer.Exit(code)
+
+
+def _policies(text: str | None) -> dict[str, str]:
+    """`kv=lease,sched=plas` as spec policy keys, each name checked."""
+    from hetagent import policies as registry
+
+    chosen: dict[str, str] = {}
+    for item in filter(None, (text or "").split(",")):
+        key, equals, name = item.strip().partition("=")
+        if not equals or key not in POLICY_KEYS:
+            raise _fail(
+                f"--policy {item!r}: give KIND=NAME with KIND one of {', '.join(POLICY_KEYS)}"
+            )
+        kind = {"kv": "kv_retention", "sched": "scheduling"}.get(key)
+        if kind is not None:
+            try:
+                registry.get(kind, name)
+            except (ValueError, TypeError) as error:
+                raise _fail(f"--policy {item!r}: {error}") from None
+        chosen[POLICY_KEYS[key]] = name
+    return chosen
+
+
+def _this_machine() -> Cluster:
+    """One pool: this machine's CPU, at $0 an hour (a machine one has costs nothing more)."""
+    from hetagent.spec import parse_document
+
+    return parse_document(
+        {
+            "apiVersion": "hetagent.dev/v1alpha1",
+            "kind": "Cluster",
+            "metadata": {"name": "this-machine"},
+            "spec": {
+                "pools": [
+                    {
+                        "name": "cpu",
+                        "device": "host-cpu",
+                        "count": 1,
+                        "ownership": "owned",
+                        "pricePerHour": 0,
+                    }
+                ]
+            },
+        }
+    )
+
+
+def _mount_component_clis() -> None:
+    """Sub-commands that live with their component."""
+    from hetagent.tools.cli import app as index_app
+
+    app.add_typer(index_app, name="index")
+
+
+_mount_component_clis()
+
 costmodel_app = typer.Typer(help="The cost model: predict phase latencies, calibrate it.")
 app.add_typer(costmodel_app, name="costmodel")
 

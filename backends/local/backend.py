@@ -1,0 +1,241 @@
+"""The local backend: every pool of a plan served in this process.
+
+LLM calls go to embedded engines (`engine/`), one per (pool, model), loaded on first use; a call
+whose prefill and decode the plan put on different pools prefills on one engine, moves the KV
+bytes, and decodes on the other. Tool calls run in the run's sandbox under the resource policy
+(`policies/resources.py`); retrieval searches the agent's indexes (`tools/vectorstore.py`), built
+from its documents on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from hetagent.backends.base import (
+    ChatCall,
+    ChatResult,
+    ModelSpec,
+    RetrieveCall,
+    RetrievedDocument,
+    ToolCall,
+    ToolResult,
+)
+from hetagent.backends.local.engine.batch import SamplingParams
+from hetagent.backends.local.engine.engine import AsyncLLMEngine, LLMEngine
+from hetagent.backends.local.engine.request import Hints as EngineHints
+
+DEFAULT_KV_MEMORY_MB = 256.0
+
+
+class LocalBackend:
+    """Pools in process. `policies` names the engines' `kvRetention` and `scheduling` and the
+    tools' `resources` policy (spec keys); `kv_memory_mb` is each engine's KV pool."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        policies: dict[str, str] | None = None,
+        *,
+        kv_memory_mb: float = DEFAULT_KV_MEMORY_MB,
+        memory_budget_mb: float | None = None,
+    ):
+        self.policies = dict(policies or {})
+        self.kv_memory_mb = kv_memory_mb
+        self.memory_budget_mb = memory_budget_mb
+        self.pools: list[str] = []
+        self.engines: dict[tuple[str | None, str], AsyncLLMEngine] = {}
+        self.loading: dict[tuple[str | None, str], asyncio.Task] = {}
+        self._tools: Any = None
+        self._resources: Any = None
+        self._indexes: dict[tuple[str, str], Any] = {}
+
+    async def start(self, pools: list[str]) -> None:
+        self.pools.extend(p for p in pools if p not in self.pools)
+
+    async def close(self) -> None:
+        for engine in self.engines.values():
+            engine.shutdown()
+        self.engines.clear()
+
+    # -- LLM calls --------------------------------------------------------------------------
+
+    async def engine(self, pool: str | None, model: ModelSpec) -> AsyncLLMEngine:
+        """The engine serving `model` on `pool`, loaded once (in a thread: it takes seconds)."""
+        key = (pool, _weights_name(model))
+        if key in self.engines:
+            return self.engines[key]
+        if key not in self.loading:
+            self.loading[key] = asyncio.create_task(asyncio.to_thread(self._load, key[1]))
+        try:
+            engine = await asyncio.shield(self.loading[key])
+        finally:
+            if self.loading.get(key) is not None and self.loading[key].done():
+                self.loading.pop(key, None)
+        self.engines.setdefault(key, engine)
+        return self.engines[key]
+
+    def _load(self, name: str) -> AsyncLLMEngine:
+        engine = LLMEngine.from_name(
+            name,
+            kv_memory_mb=self.kv_memory_mb,
+            kv_retention=self.policies.get("kvRetention") or "evict",
+            scheduling=self.policies.get("scheduling") or "fcfs",
+        )
+        running = AsyncLLMEngine(engine)
+        running.start()
+        return running
+
+    async def chat(self, call: ChatCall) -> ChatResult:
+        params = SamplingParams(
+            max_tokens=call.max_tokens,
+            temperature=call.temperature,
+            seed=call.seed,
+            response_schema=call.response_schema,
+        )
+        hints = EngineHints(
+            program_id=call.hints.program,
+            turn=call.hints.turn,
+            last_turn=call.hints.last_turn,
+            tool=call.hints.tool,
+            tool_seconds=call.hints.tool_seconds,
+        )
+        decode = await self.engine(call.decode_pool, call.model)
+        if call.prefill_pool == call.decode_pool:
+            return await _generate(decode, params, hints, messages=call.messages)
+        prefill = await self.engine(call.prefill_pool, call.model)
+        started = time.perf_counter()
+        first = await _generate(
+            prefill, replace(params, max_tokens=1), hints, messages=call.messages, keep_kv=True
+        )
+        moved = time.perf_counter()
+        data = await prefill.call(lambda engine: engine.export_kv(first.request_id))
+        request = await decode.call(lambda engine: engine.import_kv(data, params, hints))
+        transfer = time.perf_counter() - moved
+        result = await _follow(decode, request)
+        return replace(
+            result,
+            prompt_tokens=first.prompt_tokens,
+            cached_tokens=first.cached_tokens,
+            ttft_s=moved - started,
+            transfer_s=transfer,
+            transfer_bytes=len(data),
+        )
+
+    async def release(self, program: str, model: ModelSpec, pool: str | None) -> None:
+        engine = self.engines.get((pool, _weights_name(model)))
+        if engine is not None:
+            await engine.call(lambda e: e.kv.end_program(program))
+
+    # -- tools ------------------------------------------------------------------------------
+
+    @property
+    def tools(self):
+        if self._tools is None:
+            from hetagent.tools.registry import ToolRegistry
+
+            self._tools = ToolRegistry()
+        return self._tools
+
+    async def tool_schemas(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        return {name: self.tools.get(name).parameters for name in names}
+
+    async def tool(self, call: ToolCall) -> ToolResult:
+        from hetagent.spec import ResourceHints
+        from hetagent.tools.registry import ToolContext
+        from hetagent.tools.sandbox import CallLimits, Sandbox
+
+        limits: dict[str, Any] = {"timeout_seconds": call.timeout_s} if call.timeout_s else {}
+        if call.memory_bytes:
+            limits["memory_bytes"] = call.memory_bytes
+        if call.cpu:
+            limits["cpus"] = call.cpu
+        hints = ResourceHints.model_validate(
+            {"memory": str(call.memory_bytes) if call.memory_bytes else None, "cpu": call.cpu}
+        )
+        context = ToolContext(
+            sandbox=Sandbox(call.workspace),
+            limits=CallLimits(**limits),
+            policy=self._resource_policy(),
+            hints=hints,
+        )
+        result = await asyncio.to_thread(self.tools.call, call.tool, call.arguments, context)
+        return ToolResult(
+            ok=result.ok,
+            text=result.text,
+            exit_code=result.exit_code,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            value=result.value,
+            seconds=result.duration_seconds,
+            peak_memory_bytes=result.peak_memory_bytes,
+            events={"lines": result.events, "signal": result.signal, "error": result.error},
+        )
+
+    def _resource_policy(self):
+        name = self.policies.get("resources")
+        if not name:
+            return None
+        if self._resources is None:
+            from hetagent.policies.resources import resource_policy
+            from hetagent.tools.sandbox import controller
+
+            budget = int((self.memory_budget_mb or 2048) * 2**20)
+            self._resources = resource_policy(name, controller=controller(), budget_bytes=budget)
+        return self._resources
+
+    # -- retrieval --------------------------------------------------------------------------
+
+    async def retrieve(self, call: RetrieveCall) -> list[RetrievedDocument]:
+        from hetagent.tools.vectorstore import ensure_index
+
+        index = call.index
+        if index.embedding_model.id != "minilm-l6":
+            raise ValueError(
+                f"index {index.name}: only minilm-l6 embeddings run locally, not "
+                f"{index.embedding_model.id}"
+            )
+        key = (str(index.documents), index.name)
+        if key not in self._indexes:
+            name = f"{index.documents.name}-{index.name}"
+            self._indexes[key] = await asyncio.to_thread(
+                ensure_index, name, index.documents, chunk_tokens=index.chunk_tokens
+            )
+        hits = await asyncio.to_thread(self._indexes[key].query, call.query, call.k)
+        return [RetrievedDocument(hit.text, hit.source, float(hit.score)) for hit in hits]
+
+
+def _weights_name(model: ModelSpec) -> str:
+    """What `engine.models.load` takes: a weights path, `dummy:<id>`, or the registry name."""
+    if model.weights_format == "dummy":
+        return f"dummy:{model.id}"
+    if model.weights_path is not None:
+        return str(Path(model.weights_path))
+    return model.id
+
+
+async def _generate(
+    engine: AsyncLLMEngine, params: SamplingParams, hints: EngineHints, **request: Any
+) -> ChatResult:
+    prepared = engine.engine.prepare_request(None, params, hints, **request)
+    return await _follow(engine, prepared)
+
+
+async def _follow(engine: AsyncLLMEngine, request: Any) -> ChatResult:
+    last = None
+    async for out in engine.stream(request):
+        last = out
+    assert last is not None and last.finished
+    return ChatResult(
+        text=request.text if hasattr(request, "text") and request.text else last.text,
+        prompt_tokens=last.num_prompt_tokens,
+        output_tokens=last.num_output_tokens,
+        cached_tokens=last.num_cached_tokens,
+        finish_reason=last.finish_reason or "stop",
+        ttft_s=(last.first_token_time - last.arrival) if last.first_token_time else None,
+        request_id=last.request_id,
+    )
