@@ -46,6 +46,7 @@ $(INSTALLED): $(BIN)/python pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/hetagent models pull smollm2-135m
 	touch $@
 
 clean:

@@ -304,9 +304,11 @@ def _this_machine() -> Cluster:
 
 def _mount_component_clis() -> None:
     """Sub-commands that live with their component."""
+    from hetagent.backends.local.engine.models_cli import app as models_app
     from hetagent.tools.cli import app as index_app
 
     app.add_typer(index_app, name="index")
+    app.add_typer(models_app, name="models")
 
 
 _mount_component_clis()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from hetagent.backends.local.engine import models
-
 app = typer.Typer(help="Models for the embedded engine: fetch into the local cache, list.")
 
 
 @app.command("pull")
 def pull(name: str = typer.Argument(..., help="registry name, e.g. smollm2-135m")) -> None:
     """Fetch a model into the cache ($HETAGENT_MODELS, default ~/.cache/hetagent/models)."""
+    from hetagent.backends.local.engine import models  # torch: only when a command runs
+
     try:
         path = models.pull(name)
     except models.ModelNotAvailable as error:
@@ -23,6 +23,8 @@ def pull(name: str = typer.Argument(..., help="registry name, e.g. smollm2-135m"
 @app.command("list")
 def list_() -> None:
     """Known models and whether each is in the cache."""
+    from hetagent.backends.local.engine import models
+
     for name, description, path in models.list_models():
         where = str(path) if path else f"not cached (hetagent models pull {name})"
         typer.echo(f"{name}\t{description}\t{where}")
