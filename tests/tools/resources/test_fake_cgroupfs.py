@@ -154,7 +154,7 @@ def _leftover(v1_host, name: str) -> Path:
     return path
 
 
-def test_sweep_removes_groups_of_a_dead_owner_and_keeps_a_live_ones(v1_host, dead_pid):
+def test_sweep_removes_groups_of_dead_owners_and_keeps_live_ones(v1_host, dead_pid):
     dead = _leftover(v1_host, f"hetagent-{dead_pid}-12345")
     reused = _leftover(v1_host, f"hetagent-{os.getpid()}-1")  # our pid, another start time
     live = _leftover(v1_host, owner_tag(os.getppid()))

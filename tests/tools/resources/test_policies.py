@@ -67,6 +67,13 @@ def test_a_static_call_killed_at_its_limit_reports_oom_as_its_result(fake_contro
     assert outcome.killed and outcome.message == "[OOM] peak 100 MB, limit 100 MB"
 
 
+def test_policies_are_found_by_the_names_a_spec_uses(fake_controller):
+    assert resource_policy("static", fake_controller).name == "static"
+    assert resource_policy("hint-static", fake_controller).name == "hint-static"
+    broker = resource_policy("broker", fake_controller, watch=False)
+    assert broker.name == "broker" and broker.budget > 0  # half of MemAvailable by default
+
+
 def test_unknown_policy_name_is_a_one_line_error(fake_controller):
     with pytest.raises(ResourceError, match="not one of broker, hint-static, static"):
         resource_policy("greedy", fake_controller)

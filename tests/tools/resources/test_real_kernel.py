@@ -180,7 +180,7 @@ def test_v1_cpu_quota_throttles_a_busy_call(real_controller, require_backend):
     for _ in range(int(BOUND / 0.05)):
         if group.events().cpu_throttled > 0:
             break
-        proc.wait(timeout=0.05) if proc.poll() is not None else select.select([], [], [], 0.05)
+        select.select([], [], [], 0.05)  # until the next CFS period has been accounted
     assert group.events().cpu_throttled > 0
     group.close()
     assert proc.wait(timeout=BOUND) == -9
@@ -250,3 +250,39 @@ def test_fallback_oom_kill_limit_kills_the_call(fallback):
     assert proc.wait(timeout=BOUND) == -9
     assert group.events().oom_kill >= 1
     group.close()
+
+
+# --- cgroup v2 (runs where memory is delegated to our cgroup) -----------------------------------
+
+
+def test_v2_call_past_its_grant_is_throttled_then_frozen_not_killed(
+    real_controller, require_backend
+):
+    require_backend(real_controller, "cgroup-v2", "freeze")
+    group = real_controller.create("v2held", Limits(memory_max=48 * MiB))
+    proc = spawn(group, 128)
+    wait_for(group, lambda e: e.high >= 1)  # memory.events: throttled at memory.high
+    group.freeze()  # what the broker does when the pool is empty
+    assert proc.poll() is None and group.events().oom_kill == 0
+    group.set_limits(Limits(memory_max=256 * MiB))
+    group.thaw()
+    out, _ = proc.communicate(timeout=BOUND)
+    assert (proc.returncode, out) == (0, "done\n")
+    final = group.close()
+    assert final.memory_peak >= 128 * MiB
+    assert not group.dirs["unified"].exists()
+    assert_agent_alive()
+
+
+def test_v2_kill_ends_every_process_of_the_call(real_controller, require_backend):
+    require_backend(real_controller, "cgroup-v2")
+    group = real_controller.create("v2kill", Limits(memory_max=256 * MiB, pids=16))
+    tree = "import subprocess, time\nsubprocess.Popen(['sleep', '600'])\ntime.sleep(600)\n"
+    proc = subprocess.Popen([sys.executable, "-S", "-c", tree], preexec_fn=group.preexec)
+    group.started(proc.pid)
+    group.kill()
+    assert proc.wait(timeout=BOUND) == -9
+    group.close()
+    real_controller.close()
+    assert our_groups(real_controller) == []
+    assert_agent_alive()
