@@ -106,23 +106,32 @@ class LocalBackend:
         )
         decode = await self.engine(call.decode_pool, call.model)
         if call.prefill_pool == call.decode_pool:
-            return await _generate(decode, params, hints, messages=call.messages)
+            request = decode.engine.prepare_request(None, params, hints, messages=call.messages)
+            return await _follow(decode.stream(request))
+        # disaggregated: prefill (and the first token) on one engine, the rest on the other
         prefill = await self.engine(call.prefill_pool, call.model)
         started = time.perf_counter()
-        first = await _generate(
-            prefill, replace(params, max_tokens=1), hints, messages=call.messages, keep_kv=True
+        first_request = prefill.engine.prepare_request(
+            None, replace(params, max_tokens=1), hints, messages=call.messages, keep_kv=True
         )
+        first = await _follow(prefill.stream(first_request))
         moved = time.perf_counter()
-        data = await prefill.call(lambda engine: engine.export_kv(first.request_id))
-        request = await decode.call(lambda engine: engine.import_kv(data, params, hints))
-        transfer = time.perf_counter() - moved
-        result = await _follow(decode, request)
-        return replace(
-            result,
+        if first.finish_reason != "length" or params.max_tokens == 1:  # done at its first token
+            await prefill.call(lambda engine: engine.release_kv(first_request.request_id))
+            return replace(first, ttft_s=moved - started)
+        data = await prefill.call(lambda engine: engine.export_kv(first_request.request_id))
+        exported = time.perf_counter()  # the bytes leave the prefill engine (in process: no wire)
+        rest = await _follow(
+            decode.decode_imported(data, replace(params, max_tokens=params.max_tokens - 1), hints)
+        )
+        return ChatResult(
+            text=first.text + rest.text,
             prompt_tokens=first.prompt_tokens,
+            output_tokens=first.output_tokens + rest.output_tokens,
             cached_tokens=first.cached_tokens,
+            finish_reason=rest.finish_reason,
             ttft_s=moved - started,
-            transfer_s=transfer,
+            transfer_s=exported - moved,
             transfer_bytes=len(data),
         )
 
@@ -218,24 +227,19 @@ def _weights_name(model: ModelSpec) -> str:
     return model.id
 
 
-async def _generate(
-    engine: AsyncLLMEngine, params: SamplingParams, hints: EngineHints, **request: Any
-) -> ChatResult:
-    prepared = engine.engine.prepare_request(None, params, hints, **request)
-    return await _follow(engine, prepared)
-
-
-async def _follow(engine: AsyncLLMEngine, request: Any) -> ChatResult:
-    last = None
-    async for out in engine.stream(request):
+async def _follow(outputs: Any) -> ChatResult:
+    """Drain one request's outputs into a result."""
+    text, last = [], None
+    async for out in outputs:
+        text.append(out.text)
         last = out
-    assert last is not None and last.finished
+    if last is None or not last.finished:
+        raise RuntimeError("the engine stopped before the request finished")
     return ChatResult(
-        text=request.text if hasattr(request, "text") and request.text else last.text,
+        text="".join(text),
         prompt_tokens=last.num_prompt_tokens,
         output_tokens=last.num_output_tokens,
         cached_tokens=last.num_cached_tokens,
         finish_reason=last.finish_reason or "stop",
         ttft_s=(last.first_token_time - last.arrival) if last.first_token_time else None,
-        request_id=last.request_id,
     )

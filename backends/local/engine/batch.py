@@ -83,6 +83,8 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    # JSON Schema the output must follow (decoding is constrained to it: guidance.py)
+    response_schema: dict | None = field(default=None, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

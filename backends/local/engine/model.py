@@ -240,6 +240,8 @@ class LlamaModel(nn.Module):
         supplies the attention (paged or plain)."""
         c = self.config
         t = token_ids.shape[0]
+        if t and not 0 <= int(token_ids.min()) <= int(token_ids.max()) < c.vocab_size:
+            raise ValueError(f"token ids must be in 0..{c.vocab_size - 1} for {c.name}")
         q_size, kv_size = c.heads * c.head_dim, c.kv_heads * c.head_dim
         cos, sin = self._rope(positions)
         x = F.embedding(token_ids, self.embed)

@@ -1,0 +1,59 @@
+"""Waiting-queue order for the engine's scheduler (and the simulator's engine model).
+
+A policy only ranks queued requests: it sees a `QueueItem` (what a scheduler knows about a waiting
+request, no tensors) and returns a sort key, lowest first. Admission, memory and preemption stay
+in the scheduler, so a policy change touches this file alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """A waiting request as a policy sees it.
+
+    `arrival` is when this request (turn) arrived; `program_arrival` when its program's first turn
+    arrived (equal to `arrival` for requests without a program). `seq` breaks ties in arrival order.
+    """
+
+    request_id: str
+    arrival: float
+    seq: int
+    program_id: str | None = None
+    program_arrival: float | None = None
+    turn: int = 0
+    preempted: bool = False
+    holds_kv: bool = False  # the program's KV is leased (resident or demoted) for this turn
+
+
+class SchedulingPolicy(Protocol):
+    name: ClassVar[str]
+
+    def sort_key(self, item: QueueItem) -> tuple: ...
+
+
+class FCFS:
+    """First come, first served per request, as vLLM: a program's next turn queues behind every
+    request that arrived before it. Preempted requests go first (they already waited)."""
+
+    name: ClassVar[str] = "fcfs"
+
+    def sort_key(self, item: QueueItem) -> tuple:
+        return (not item.preempted, item.arrival, item.seq)
+
+
+class ProgramFCFS:
+    """First come, first served per program: a turn is ranked by its program's first arrival, so
+    a program's next turn goes ahead of programs that started after it (no scheduling bubble)."""
+
+    name: ClassVar[str] = "program-fcfs"
+
+    def sort_key(self, item: QueueItem) -> tuple:
+        start = item.program_arrival if item.program_arrival is not None else item.arrival
+        return (not item.preempted, start, item.arrival, item.seq)
+
+
+POLICIES: dict[str, type[SchedulingPolicy]] = {p.name: p for p in (FCFS, ProgramFCFS)}
