@@ -164,9 +164,9 @@ class Continuum:
         self.deadlines: dict[str, float] = {}
 
     def ttl(self, lease: LeaseView) -> float:
-        if self.variant == "preview":
-            known = lease.tool in self.durations.by_tool
-            mean = self.durations.mean(lease.tool) if known else 0.0
+        if self.variant == "preview":  # the running mean of the tool's calls; unknown: 0 s
+            seen = self.durations.by_tool.get(lease.tool or "")
+            mean = sum(seen.recent) / len(seen.recent) if seen else 0.0
             return self.preview_pin if mean <= self.preview_pin else 0.0
         gain = self.evicted_wait * self.turns.eta() + lease.num_tokens * self.prefill_per_token
         best, best_value = 0.0, 0.0

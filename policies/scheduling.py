@@ -27,6 +27,7 @@ class QueueItem:
     turn: int = 0
     preempted: bool = False
     holds_kv: bool = False  # the program's KV is leased (resident or demoted) for this turn
+    attained_tokens: int = 0  # tokens the engine has computed for the program's earlier turns
 
 
 class SchedulingPolicy(Protocol):
@@ -56,4 +57,23 @@ class ProgramFCFS:
         return (not item.preempted, start, item.arrival, item.seq)
 
 
-POLICIES: dict[str, type[SchedulingPolicy]] = {p.name: p for p in (FCFS, ProgramFCFS)}
+class PLAS:
+    """Program-level least attained service (Autellix): the turn of the program that has had the
+    least service so far (tokens computed for its earlier turns) goes first, so short programs
+    are not stuck behind long ones; aging keeps long programs from starving: every second a turn
+    has waited counts as `aging_tokens_per_second` tokens less service."""
+
+    name: ClassVar[str] = "plas"
+
+    def __init__(self, aging_tokens_per_second: float = 200.0):
+        if aging_tokens_per_second < 0:
+            raise ValueError("plas: aging_tokens_per_second must be 0 or more")
+        self.aging = aging_tokens_per_second
+
+    def sort_key(self, item: QueueItem) -> tuple:
+        # attained - aging x (now - arrival) ranks like attained + aging x arrival: `now` is the
+        # same for every item of one ranking
+        return (not item.preempted, item.attained_tokens + self.aging * item.arrival, item.seq)
+
+
+POLICIES: dict[str, type[SchedulingPolicy]] = {p.name: p for p in (FCFS, ProgramFCFS, PLAS)}

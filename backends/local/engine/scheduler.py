@@ -44,6 +44,7 @@ class Scheduler:
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.program_arrival: dict[str, float] = {}
+        self.program_service: dict[str, int] = {}  # tokens computed for each program so far
         self.blocked_blocks = 0  # what the first waiting request lacked at the last step
         self.num_preemptions = 0
 
@@ -60,8 +61,13 @@ class Scheduler:
             self.running.remove(request)
         if request in self.waiting:
             self.waiting.remove(request)
-        if request.hints.last_turn and request.hints.program_id is not None:
-            self.program_arrival.pop(request.hints.program_id, None)
+        program = request.hints.program_id
+        if program is not None:
+            served = self.program_service.get(program, 0) + request.num_forward_tokens
+            self.program_service[program] = served
+        if request.hints.last_turn and program is not None:
+            self.program_arrival.pop(program, None)
+            self.program_service.pop(program, None)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -77,6 +83,7 @@ class Scheduler:
             turn=request.hints.turn,
             preempted=request.preempted,
             holds_kv=program is not None and program in self.kv.leases,
+            attained_tokens=self.program_service.get(program, 0) if program else 0,
         )
 
     def schedule(self) -> SchedulerOutput:
