@@ -8,16 +8,15 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: run test lint format schemas setup clean
 
-# The most complete pipeline so far: validate every example, plan the coding agent on the mixed
-# cluster (placement, TCO, baselines), and compile the quickstart agent for this machine (the
-# runtime, issue 7, will run it).
+# The main job: validate every example, plan the coding agent on the mixed cluster (placement,
+# TCO, baselines), then plan, compile and run the quickstart agent end to end on this machine
+# (SmolLM2 on the CPU, a real index, a sandboxed Python tool).
 run: setup
 	$(BIN)/hetagent validate examples/agents/*.yaml examples/clusters/*.yaml
 	$(BIN)/hetagent plan examples/agents/coding-agent.yaml \
 		--cluster examples/clusters/mixed-generations.yaml
-	$(BIN)/hetagent compile examples/agents/quickstart.yaml --emit plan \
-		--cluster examples/clusters/local.yaml -o quickstart.plan.json
-	@echo "wrote quickstart.plan.json (the executable plan of the quickstart agent on this machine)"
+	$(BIN)/hetagent plan examples/agents/quickstart.yaml --cluster examples/clusters/local.yaml
+	$(BIN)/hetagent run examples/agents/quickstart.yaml --cluster examples/clusters/local.yaml
 
 test: setup
 	$(BIN)/python -m pytest

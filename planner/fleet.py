@@ -65,7 +65,7 @@ class PoolFleet:
     devices_available: int
     utilization: float  # of the devices needed, at the arrival rate
     usd_per_hour: float  # the devices needed, for an hour
-    replicas: Mapping[str, int]  # "model x group" -> replicas on this pool
+    replicas: Mapping[str, float]  # "model x group" -> replicas (fractions on shared pools)
 
     @property
     def fits(self) -> bool:
@@ -92,9 +92,11 @@ def size_fleet(
     hourly: Mapping[str, HourlyCost],
     pools: Iterable[Pool],
     traffic: Traffic | None,
+    shared: frozenset[str] = frozenset(),
 ) -> Fleet:
     """The cheapest fleet (and traffic split) for the traffic, 1 request/s when none is
-    declared; the first candidate should be the planner's optimum."""
+    declared; the first candidate should be the planner's optimum. On the `shared` pools (CPU
+    sockets) servers share devices: a pool needs whole devices, its servers fractions of them."""
     if not candidates:
         raise ValueError("fleet sizing needs at least one candidate placement")
     pools = list(pools)
@@ -103,14 +105,14 @@ def size_fleet(
     servers = sorted(
         {s for c in candidates for s in c.load}, key=lambda s: (s.pool, s.model, s.group)
     )
-    solved = _solve(candidates, servers, hourly, pools, rate, target)
+    solved = _solve(candidates, servers, hourly, pools, rate, target, shared)
     if solved is None:
         raise RuntimeError("the fleet ILP found no solution (HiGHS); this is a bug")
-    shares, replicas = solved
+    shares, replicas, devices_of = solved
     fleet = []
     for pool in pools:
-        mine = [s for s in servers if s.pool == pool.name and replicas[s]]
-        devices = sum(s.group * replicas[s] for s in mine)
+        mine = [s for s in servers if s.pool == pool.name and replicas[s] > 1e-9]
+        devices = devices_of[pool.name]
         busy = rate * sum(
             shares[c.name] * load for c in candidates for s, load in c.load.items() if s in mine
         )
@@ -121,7 +123,7 @@ def size_fleet(
                 devices_available=pool.count,
                 utilization=busy / devices if devices else 0.0,
                 usd_per_hour=devices * hourly[pool.name].total,
-                replicas={f"{s.model} x{s.group}": replicas[s] for s in mine},
+                replicas={f"{s.model} x{s.group}": round(replicas[s], 3) for s in mine},
             )
         )
     return Fleet(fleet, {name: share for name, share in shares.items() if share > 1e-9})
@@ -134,42 +136,67 @@ def _solve(
     pools: list[Pool],
     rate: float,
     target: float,
-) -> tuple[dict[str, float], dict[Server, int]] | None:
-    """Variables: x_k (the candidates' traffic shares), n_s (replicas of each server), then
-    short_p (devices pool p lacks, priced far above any device so they are a last resort)."""
+    shared: frozenset[str],
+) -> tuple[dict[str, float], dict[Server, float], dict[str, int]] | None:
+    """Variables: x_k (the candidates' traffic shares), n_s (replicas of each server: whole
+    ones, but on shared pools), short_p (devices pool p lacks, priced far above any device so
+    they are a last resort), then d_p (whole devices of each shared pool)."""
     k, s, p = len(candidates), len(servers), len(pools)
+    common = [pool.name for pool in pools if pool.name in shared]
+    c = len(common)
+    n = k + s + p + c
     hour = 3600 * rate
     shortage_price = SHORTAGE_PRICE * max(h.total for h in hourly.values())
     cost = np.array(
-        [TIE_BREAK * c.usd_per_request * hour for c in candidates]
-        + [hourly[v.pool].total * v.group for v in servers]
+        [TIE_BREAK * cand.usd_per_request * hour for cand in candidates]
+        + [0.0 if v.pool in shared else hourly[v.pool].total * v.group for v in servers]
         + [shortage_price] * p
+        + [hourly[name].total for name in common]
     )
     rows, lower, upper = [], [], []
-    rows.append([1.0] * k + [0.0] * (s + p))  # all traffic is served
-    lower.append(1.0)
-    upper.append(1.0)
+
+    def row(entries: dict[int, float], low: float, high: float) -> None:
+        dense = [0.0] * n
+        for column, value in entries.items():
+            dense[column] += value
+        rows.append(dense)
+        lower.append(low)
+        upper.append(high)
+
+    row(dict.fromkeys(range(k), 1.0), 1.0, 1.0)  # all traffic is served
     for j, server in enumerate(servers):  # capacity of each server
-        row = [rate * c.load.get(server, 0.0) for c in candidates] + [0.0] * (s + p)
-        row[k + j] = -target * server.group
-        rows.append(row)
-        lower.append(-np.inf)
-        upper.append(0.0)
-    for i, pool in enumerate(pools):  # the cluster's devices, and what it lacks
-        row = [0.0] * k + [v.group if v.pool == pool.name else 0.0 for v in servers] + [0.0] * p
-        row[k + s + i] = -1.0
-        rows.append(row)
-        lower.append(-np.inf)
-        upper.append(pool.count)
+        entries = {i: rate * cand.load.get(server, 0.0) for i, cand in enumerate(candidates)}
+        row(entries | {k + j: -target * server.group}, -np.inf, 0.0)
+    for i, pool in enumerate(pools):
+        used = {k + j: float(v.group) for j, v in enumerate(servers) if v.pool == pool.name}
+        if pool.name in shared:  # servers share the pool's whole devices
+            d = k + s + p + common.index(pool.name)
+            row(used | {d: -1.0}, -np.inf, 0.0)
+            used = {d: 1.0}
+        row(used | {k + s + i: -1.0}, -np.inf, pool.count)  # the cluster's devices, and lack
+    integer = [0] * k + [0 if v.pool in shared else 1 for v in servers] + [1] * (p + c)
     result = milp(
         cost,
         constraints=LinearConstraint(np.array(rows), lower, upper),
-        integrality=np.array([0] * k + [1] * (s + p)),
-        bounds=Bounds([0.0] * (k + s + p), [1.0] * k + [np.inf] * (s + p)),
+        integrality=np.array(integer),
+        bounds=Bounds([0.0] * n, [1.0] * k + [np.inf] * (s + p + c)),
         options={"time_limit": SOLVE_SECONDS},
     )
     if result.x is None:
         return None
-    shares = {c.name: float(result.x[i]) for i, c in enumerate(candidates)}
-    replicas = {v: math.ceil(result.x[k + j] - 1e-6) for j, v in enumerate(servers)}
-    return shares, replicas
+    shares = {cand.name: float(result.x[i]) for i, cand in enumerate(candidates)}
+    replicas: dict[Server, float] = {}
+    for j, v in enumerate(servers):
+        if v.pool in shared:  # the share of the pool's devices its load needs (n_s is free)
+            load = rate * sum(shares[c.name] * c.load.get(v, 0.0) for c in candidates)
+            replicas[v] = load / (target * v.group)
+        else:
+            replicas[v] = math.ceil(result.x[k + j] - 1e-6)
+    devices = {}
+    for pool in pools:
+        if pool.name in shared:
+            devices[pool.name] = math.ceil(result.x[k + s + p + common.index(pool.name)] - 1e-6)
+        else:
+            mine = [v for v in servers if v.pool == pool.name]
+            devices[pool.name] = sum(v.group * replicas[v] for v in mine)
+    return shares, replicas, devices

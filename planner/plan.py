@@ -191,7 +191,8 @@ def plan_agent(
         for task, pool in solution.assignment.items()
     ]
     candidates = builder.fleet_candidates(problem, solution, baselines_found)
-    fleet = size_fleet(candidates, builder.hourly, builder.pools, graph.spec.traffic)
+    shared = frozenset(name for name, d in builder.devices.items() if d.kind == "cpu")
+    fleet = size_fleet(candidates, builder.hourly, builder.pools, graph.spec.traffic, shared)
     return AgentPlan(
         agent=graph.metadata.name,
         cluster=cluster.metadata.name,

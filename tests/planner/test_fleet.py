@@ -56,3 +56,14 @@ def test_bursty_traffic_gets_more_headroom():
         [ON_CHEAP], HOURLY, pools, Traffic(arrivalRatePerSecond=7.0, burstiness=2.0)
     )
     assert calm.pools[0].devices_needed == 10 and bursty.pools[0].devices_needed == 20
+
+
+def test_servers_on_a_cpu_pool_share_its_devices():
+    host, model = Server("cpu", "host", 1), Server("cpu", "smollm2-135m", 1)
+    both = Candidate("local", {host: 0.1, model: 0.2}, usd_per_request=0.0)
+    pools, hourly = [Pool("cpu", "host-cpu", 1)], {"cpu": HourlyCost(0.5, 0.0, 0.0)}
+    shared = size_fleet([both], hourly, pools, Traffic(arrivalRatePerSecond=1.0), {"cpu"})
+    (cpu,) = shared.pools
+    assert cpu.devices_needed == 1 and cpu.fits  # 0.3 busy / 0.7: one socket for both
+    apart = size_fleet([both], hourly, pools, Traffic(arrivalRatePerSecond=1.0))
+    assert apart.pools[0].devices_needed == 2  # as accelerators: a device per model
