@@ -37,9 +37,12 @@ class Mistake:
 Action = ToolAction | Answer | Mistake
 
 
-def action_schema(tools: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def action_schema(
+    tools: dict[str, dict[str, Any]], max_answer_chars: int | None = None
+) -> dict[str, Any]:
     """A reply: one of the tools with its arguments (tool name -> arguments' JSON Schema), or
-    the answer."""
+    the answer (at most `max_answer_chars`, so a reply that rambles still closes its JSON
+    before the turn's max_tokens)."""
     calls = [
         {
             "type": "object",
@@ -51,7 +54,10 @@ def action_schema(tools: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ]
     answer = {
         "type": "object",
-        "properties": {"answer": {"type": "string"}},
+        "properties": {
+            "answer": {"type": "string"}
+            | ({"maxLength": max_answer_chars} if max_answer_chars else {})
+        },
         "required": ["answer"],
         "additionalProperties": False,
     }

@@ -601,7 +601,8 @@ class _Execution:
             ),
             prefill_pool=by_kind["llm.prefill"].pool,
             decode_pool=decode.pool,
-            response_schema=action_schema(tools) if tools else None,
+            # a token is at least a character: an answer this long closes within max_tokens
+            response_schema=action_schema(tools, max(16, max_tokens - 16)) if tools else None,
         )
         pools = {"prefill_pool": call.prefill_pool, "decode_pool": call.decode_pool}
         with self.telemetry.chat(

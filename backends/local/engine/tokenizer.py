@@ -267,9 +267,19 @@ class IncrementalDetokenizer:
         return self._release(after[len(before) :])
 
     def finish(self) -> str:
-        """Flush text held back for a possible stop string (generation ended otherwise)."""
-        out, self._held = ("" if self.stopped else self._held), ""
-        self.text += out
+        """Flush everything not yet emitted (generation ended otherwise): text waiting for more
+        bytes (or ending in a literal U+FFFD), and text held back for a possible stop string."""
+        if self.stopped:
+            return ""
+        decode = self.tokenizer.decode
+        before = decode(self._ids[self._prefix : self._read])
+        rest = decode(self._ids[self._prefix :])[len(before) :]
+        self._prefix = self._read = len(self._ids)
+        out = self._release(rest)
+        if not self.stopped:
+            held, self._held = self._held, ""
+            self.text += held
+            out += held
         return out
 
     def _release(self, delta: str) -> str:

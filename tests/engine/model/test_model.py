@@ -173,3 +173,8 @@ def test_bfloat16_weights_and_cache_still_answer_paris(smollm_path, chat_ids, st
         sequence.ids.append(int(logits[0].argmax()))
         logits = step(loaded.model, cache, [(sequence, 1)])
     assert "Paris" in loaded.tokenizer.decode(sequence.ids[len(chat_ids) :])
+
+
+def test_a_token_id_outside_the_vocabulary_is_a_clear_error(smollm):
+    with pytest.raises(ValueError, match=r"token ids must be in 0\.\.49151"):
+        smollm.model.forward_full(torch.tensor([1, 49152]))

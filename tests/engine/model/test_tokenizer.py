@@ -133,3 +133,13 @@ def test_plain_text_gets_bos_only_when_the_model_asks_for_it(smollm, hf_smollm):
         tokenizer.encode("Once upon", add_special_tokens=True)
         == hf_tokenizer("Once upon")["input_ids"]
     )
+
+
+def test_text_ending_in_a_literal_replacement_character_is_flushed_at_the_end(smollm):
+    tokenizer = smollm.tokenizer
+    stream = IncrementalDetokenizer(tokenizer)
+    pieces = [stream.push(i) for i in tokenizer.encode("ok \ufffd")] + [stream.finish()]
+    assert "".join(pieces) == stream.text == "ok \ufffd"
+    stopping = IncrementalDetokenizer(tokenizer, stop=("\ufffd",))
+    pieces = [stopping.push(i) for i in tokenizer.encode("ok \ufffd")] + [stopping.finish()]
+    assert "".join(pieces) == "ok " and stopping.stopped
