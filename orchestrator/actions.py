@@ -104,4 +104,8 @@ def describe_tools(tools: dict[str, dict[str, Any]], descriptions: dict[str, str
         summary = descriptions.get(name, "")
         lines.append(f"- {name}: {summary} arguments: {json.dumps(schema.get('properties', {}))}")
     lines.append('When you know the answer: {"answer": TEXT}')
+    if "python" in tools:  # small models follow an example better than a description
+        lines.append(
+            'For example, to compute: {"tool": "python", "arguments": {"code": "print(6 * 7)"}}'
+        )
     return "\n".join(lines)

@@ -193,8 +193,10 @@ class LocalBackend:
             from hetagent.policies.resources import resource_policy
             from hetagent.tools.sandbox import controller
 
-            budget = int((self.memory_budget_mb or 2048) * 2**20)
-            self._resources = resource_policy(name, controller=controller(), budget_bytes=budget)
+            options = {}
+            if name == "broker":  # the shared memory budget the broker admits calls against
+                options["budget_bytes"] = int((self.memory_budget_mb or 2048) * 2**20)
+            self._resources = resource_policy(name, controller=controller(), **options)
         return self._resources
 
     # -- retrieval --------------------------------------------------------------------------
