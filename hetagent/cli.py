@@ -304,12 +304,14 @@ def _this_machine() -> Cluster:
 
 def _mount_component_clis() -> None:
     """Sub-commands that live with their component."""
+    from hetagent.backends.local.engine.cli import app as engine_app
     from hetagent.backends.local.engine.models_cli import app as models_app
     from hetagent.tools.cli import app as index_app
     from hetagent.tools.resources.cli import app as resources_app
 
     app.add_typer(index_app, name="index")
     app.add_typer(models_app, name="models")
+    app.add_typer(engine_app, name="engine")
     app.add_typer(resources_app, name="resources")
 
 
