@@ -214,35 +214,46 @@ class Runtime:
 
 class _Checkpoints:
     """Step records written behind the runs: those added during one turn of the event loop
-    share a commit. `durable()` commits what is pending at once (a tool waits for it before it
-    acts). Writes are synchronous: SQLite in WAL mode commits without an fsync, faster than
-    handing the batch to a thread and back."""
+    share a commit, and so do the tools of every run waiting to act in that turn. Writes are
+    synchronous: SQLite in WAL mode commits without an fsync, faster than handing the batch to
+    a thread and back."""
 
     def __init__(self, store: RunStore):
         self.store = store
         self.pending: list[StepRecord] = []
+        self.waiting: list[asyncio.Future] = []
         self.scheduled = False
         self.error: Exception | None = None
 
     def add(self, record: StepRecord) -> None:
         self.pending.append(record)
+        self._schedule()
+
+    def _schedule(self) -> None:
         if not self.scheduled:
             self.scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         self.scheduled = False
-        if not self.pending or self.error is not None:
-            return
         batch, self.pending = self.pending, []
-        try:
-            self.store.record_steps(batch)
-        except Exception as error:  # the database failed: every run waiting on it fails
-            self.error = error
+        waiting, self.waiting = self.waiting, []
+        if batch and self.error is None:
+            try:
+                self.store.record_steps(batch)
+            except Exception as error:  # the database failed: every run waiting on it fails
+                self.error = error
+        for future in waiting:
+            if not future.done():
+                future.set_result(None)
 
     async def durable(self) -> None:
-        """Commit the records added so far (a failed write raises here)."""
-        self.flush()
+        """Wait until the records added so far are committed (a failed write raises here)."""
+        if self.pending:
+            future = asyncio.get_running_loop().create_future()
+            self.waiting.append(future)
+            self._schedule()
+            await future
         if self.error is not None:
             raise RunError(f"the run store failed: {self.error}")
 
