@@ -88,6 +88,7 @@ class ToolResult:
     seconds: float = 0.0
     peak_memory_bytes: int | None = None
     events: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # the call could not run or crashed (one line); None otherwise
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,12 @@ class Backend(Protocol):
 
     async def release(self, program: str, model: ModelSpec, pool: str | None) -> None:
         """The program's last call of this model is done: its held KV can go."""
+
+    async def announce_tool(
+        self, program: str, model: ModelSpec, pool: str | None, tool: str, seconds: float
+    ) -> None:
+        """Optional: the program runs `tool` now, for about `seconds` (what KV retention
+        policies decide on; known only once the turn's reply is parsed)."""
 
     async def tool(self, call: ToolCall) -> ToolResult: ...
 

@@ -167,8 +167,12 @@ class Runtime:
         for run in self.store.claim_unfinished(self.owner):
             if run.id in self.tasks:
                 continue
-            plan = ExecutablePlan.model_validate(run.plan)
-            await self._start(run.id, plan, run.inputs, RunOptions.from_json(run.options))
+            try:
+                plan = ExecutablePlan.model_validate(run.plan)
+                await self._start(run.id, plan, run.inputs, RunOptions.from_json(run.options))
+            except Exception as error:  # one run that cannot go on must not stop the others
+                self.store.set_status(run.id, "failed", error=f"cannot resume: {error}")
+                continue
             resumed.append(run.id)
         return resumed
 
@@ -223,7 +227,6 @@ class _Checkpoints:
         self.pending: list[StepRecord] = []
         self.waiting: list[asyncio.Future] = []
         self.scheduled = False
-        self.error: Exception | None = None
 
     def add(self, record: StepRecord) -> None:
         self.pending.append(record)
@@ -235,17 +238,20 @@ class _Checkpoints:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
+        """Commit the pending records; a failed commit fails the runs waiting on that batch
+        (each waiting tool's run), and the next batch is tried afresh."""
         self.scheduled = False
         batch, self.pending = self.pending, []
         waiting, self.waiting = self.waiting, []
-        if batch and self.error is None:
+        failure = None
+        if batch:
             try:
                 self.store.record_steps(batch)
-            except Exception as error:  # the database failed: every run waiting on it fails
-                self.error = error
+            except Exception as error:  # a locked or unreachable database, a bad value
+                failure = RunError(f"the run store could not save steps: {error}")
         for future in waiting:
             if not future.done():
-                future.set_result(None)
+                future.set_exception(failure) if failure else future.set_result(None)
 
     async def durable(self) -> None:
         """Wait until the records added so far are committed (a failed write raises here)."""
@@ -254,8 +260,6 @@ class _Checkpoints:
             self.waiting.append(future)
             self._schedule()
             await future
-        if self.error is not None:
-            raise RunError(f"the run store failed: {self.error}")
 
 
 def workspace_root() -> Path:
@@ -388,8 +392,6 @@ class _Execution:
         self.store, self.backend, self.telemetry = runtime.store, runtime.backend, runtime.telemetry
         self.inputs = inputs
         self.finished = self.store.finished_steps(run_id)
-        agent = plan.documents[""]
-        self.policies = dict(agent["spec"].get("policies") or {}) | options.policies
         self.workspace = options.workspace or workspace_root() / run_id
         self.pool_devices = {p.name: p.device for p in plan.pools}
 
@@ -409,16 +411,19 @@ class _Execution:
                 self.telemetry.runs.labels(self.plan.agent, "cancelled").inc()
                 if store.get_run(run_id).status != "cancelled":  # the process is stopping
                     raise
+                await self.release_all()
                 return
             except RunError as error:
                 with contextlib.suppress(RunError):  # the steps so far, if the store works
                     await self.runtime.checkpoints.durable()
                 store.set_status(run_id, "failed", error=str(error))
                 self.telemetry.runs.labels(self.plan.agent, "failed").inc()
+                await self.release_all()
                 return
             except Exception as error:  # an internal error: keep its type, fail this run only
                 store.set_status(run_id, "failed", error=f"{type(error).__name__}: {error}")
                 self.telemetry.runs.labels(self.plan.agent, "failed").inc()
+                await self.release_all()
                 raise
             store.set_status(run_id, "succeeded", outputs=_jsonable(outputs))
             self.telemetry.runs.labels(self.plan.agent, "succeeded").inc()
@@ -507,6 +512,8 @@ class _Execution:
                     self.run_id, key, "succeeded", time.time(), outputs=outputs, details=details
                 )
             )
+            if unit.kind == "tool.exec":  # its side effect happened: never again on resume
+                await checkpoints.durable()
             return dict(zip(unit.outputs, outputs, strict=True))
         raise AssertionError("unreachable")
 
@@ -544,15 +551,27 @@ class _Execution:
 
     def _kv_lease(self, unit, env, turns):
         op = unit.first
-        return {op.outputs[0]: {"program": self.run_id, "model": op.attributes["model"]}}
+        return {op.outputs[0]: {"program": self.program(op.node), "model": op.attributes["model"]}}
 
     async def _kv_release(self, unit, env, turns):
         """The program's calls of this model are over: its held KV can go."""
         op = unit.first
-        await self.backend.release(
-            self.run_id, self._model(op.attributes["model"], op.node), op.pool
-        )
+        model = self._model(op.attributes["model"], op.node)
+        await self.backend.release(self.program(op.node), model, op.pool)
         return {}
+
+    def program(self, node: str | None) -> str:
+        """What engines know a step's calls by: each LLM step (a ReAct loop, an llm node) of a
+        run is a program of its own, with its own KV lease and tool history."""
+        return f"{self.run_id}/{node}"
+
+    async def release_all(self) -> None:
+        """Let every KV a run may hold go (a run that failed or was cancelled never reached
+        its release steps); a backend that fails to release must not hide the run's error."""
+        for op in _release_ops(self.plan.steps):
+            with contextlib.suppress(Exception):
+                model = self._model(op.attributes["model"], op.node)
+                await self.backend.release(self.program(op.node), model, op.pool)
 
     def _agent_continue(self, unit, env, turns):
         """Go on with the act region when the model asked for a tool (or made a mistake the
@@ -569,7 +588,7 @@ class _Execution:
             return {op.outputs[0]: _observe(*(env[name] for name in op.inputs))}
         scope = self._scope(env, op.node)
         text = scope.render(scope.text_at(template))
-        node = self._node(op.node) if op.node else {}
+        node = self._node(op.node)
         if node.get("type") == "transform":
             return {op.outputs[0]: node_outputs(text=text, value=text)}
         return {op.outputs[0]: text}
@@ -606,7 +625,7 @@ class _Execution:
             max_tokens=max_tokens,
             temperature=node.get("temperature", 0.0),
             hints=Hints(
-                program=self.run_id,
+                program=self.program(tokenize.node),
                 turn=turn,
                 last_turn=node.get("type") != "agent" or turn >= node.get("maxTurns", 10),
             ),
@@ -647,10 +666,21 @@ class _Execution:
             "model": model.id,
         } | pools
         value = _reply(result.text, messages, tools, result.finish_reason) if tools else result.text
-        lease = {"program": self.run_id, "model": model.id}
+        if tools:
+            await self._announce_tool(call, value["action"])
+        lease = {"program": self.program(tokenize.node), "model": model.id}
         values = {name: value for op in unit.ops for name in op.outputs}
         values[decode.outputs[-1]] = lease  # the decode's second result is the call's KV
         return values, details
+
+    async def _announce_tool(self, call: ChatCall, action: dict[str, Any]) -> None:
+        """Tell the engine holding the turn's KV which tool the program runs now and how long
+        it is likely to take (its recent calls): what retention policies decide on."""
+        announce = getattr(self.backend, "announce_tool", None)
+        tool = action.get("tool")
+        if announce is not None and tool is not None:
+            seconds = self.runtime.predicted_seconds(tool)
+            await announce(call.hints.program, call.model, call.decode_pool, tool, seconds)
 
     async def _retrieve(self, unit, env, turns, key):
         by_kind = {op.kind: op for op in unit.ops}
@@ -709,7 +739,7 @@ class _Execution:
             timeout_s=node.get("timeoutSeconds"),
             memory_bytes=op.attributes.get("memory_bytes"),
             cpu=op.attributes.get("cpu") or hints.get("cpu"),
-            program=self.run_id,
+            program=self.program(op.node),
         )
         # a tool acts on the world: what the run did before it must be on disk first, so a
         # resumed run never repeats a finished step's side effect
@@ -721,8 +751,9 @@ class _Execution:
                 raise RunError(f"tool call {key} ({tool}) failed: {error}") from None
         self.runtime.record_tool(tool, result.seconds)
         self.telemetry.tool_calls.labels(tool, "ok" if result.ok else "error").inc()
-        if node.get("type") != "agent" and not result.ok and result.exit_code is None:
-            raise RunError(f"tool call {key} ({tool}) failed: {result.text}")
+        if node.get("type") != "agent" and (result.error or result.exit_code is None):
+            # a tool that could not run or crashed (a non-zero exit code is an output)
+            raise RunError(f"tool call {key} ({tool}) failed: {result.error or result.text}")
         value = node_outputs(
             text=result.text,
             stdout=result.stdout,
@@ -801,6 +832,16 @@ class _Execution:
             base = base / Path(ref).parent
             prefix = head
         return base
+
+
+def _release_ops(steps: list[PlanOp | PlanLoop]) -> list[PlanOp]:
+    found = []
+    for step in steps:
+        if isinstance(step, PlanLoop):
+            found += _release_ops(step.turn) + _release_ops(step.act)
+        elif step.kind == "kv.release":
+            found.append(step)
+    return found
 
 
 def _first_messages(

@@ -20,6 +20,10 @@ OUTPUTS = "$outputs"  # marks a value holding several outputs of one node
 _PATH_PART = re.compile(r"\.?([^.\[\]]+)|\[(\d+)\]")
 
 
+class TemplateError(ValueError):
+    """A reference that the run's values cannot fill (a field the value does not have)."""
+
+
 def node_outputs(**outputs: Any) -> dict[str, Any]:
     """A value standing for several outputs of one node (`text`, `documents`, ...)."""
     return {OUTPUTS: outputs}
@@ -85,7 +89,11 @@ class Scope:
         name = f"nodes.{self.prefix}{ref.name}.outputs.{ref.output}"
         value = pick(self.env[self.values[name]], ref.output)
         for field in ref.field_path:  # `${nodes.a.outputs.value.tables}`
-            value = value[int(field)] if isinstance(value, list) else value[field]
+            try:
+                value = value[int(field)] if isinstance(value, list) else value[field]
+            except (KeyError, IndexError, TypeError, ValueError):
+                path = ".".join((name, *ref.field_path))
+                raise TemplateError(f"${{{path}}}: the value has no {field!r}") from None
         return value
 
     def render(self, text: str) -> str:

@@ -135,6 +135,13 @@ class LocalBackend:
             transfer_bytes=len(data),
         )
 
+    async def announce_tool(
+        self, program: str, model: ModelSpec, pool: str | None, tool: str, seconds: float
+    ) -> None:
+        engine = self.engines.get((pool, _weights_name(model)))
+        if engine is not None:
+            await engine.call(lambda e: e.kv.announce_tool(program, tool, seconds))
+
     async def release(self, program: str, model: ModelSpec, pool: str | None) -> None:
         engine = self.engines.get((pool, _weights_name(model)))
         if engine is not None:
@@ -182,7 +189,8 @@ class LocalBackend:
             value=result.value,
             seconds=result.duration_seconds,
             peak_memory_bytes=result.peak_memory_bytes,
-            events={"lines": result.events, "signal": result.signal, "error": result.error},
+            events={"lines": result.events, "signal": result.signal},
+            error=result.error,
         )
 
     def _resource_policy(self):

@@ -40,6 +40,7 @@ class ScriptedBackend:
         self.chats: list[ChatCall] = []
         self.tools: list[ToolCall] = []
         self.released: list[str] = []
+        self.announced: list[tuple[str, str]] = []
 
     async def start(self, pools):
         self.pools = pools
@@ -66,6 +67,9 @@ class ScriptedBackend:
 
     async def retrieve(self, call):
         return [RetrievedDocument(f"about {call.query}", "notes.md", 0.9)]
+
+    async def announce_tool(self, program, model, pool, tool, seconds):
+        self.announced.append((program, tool))
 
     async def tool_schemas(self, tools):
         code = {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}

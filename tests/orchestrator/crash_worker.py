@@ -41,7 +41,7 @@ class SideEffectBackend:
             while not self.gate.exists():  # the test opens the gate after the kill
                 await asyncio.sleep(0.01)
         with self.effects.open("a") as effects:
-            effects.write(f"{call.program} {step}\n")
+            effects.write(f"{call.program.split('/')[0]} {step}\n")  # program: run/node
         return ToolResult(True, step, exit_code=0, stdout=step)
 
 

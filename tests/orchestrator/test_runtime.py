@@ -85,10 +85,11 @@ async def test_a_react_loop_runs_the_tool_the_model_asks_for_until_it_answers(
     (tool,) = backend.tools
     assert tool.tool == "python" and tool.arguments == {"code": "print(6 * 7)"}
     second = backend.chats[1]
-    assert second.hints.turn == 2 and second.hints.program == result.run_id
+    assert second.hints.turn == 2 and second.hints.program == f"{result.run_id}/solve"
     assert second.messages[-1]["content"] == "Observation:\n42\n"
     assert second.response_schema is not None  # tool choice is constrained
-    assert backend.released == [result.run_id]  # the loop's KV lease ends with it
+    assert backend.released == [f"{result.run_id}/solve"]  # the loop's KV lease ends with it
+    assert backend.announced == [(f"{result.run_id}/solve", "python")]  # the engine was told
 
 
 async def test_a_malformed_or_unknown_tool_call_is_an_error_observation_not_a_crash(
@@ -224,3 +225,33 @@ async def test_a_run_leaves_a_trace_of_genai_spans_and_step_metrics(compile, run
     assert result.trace_id and len(result.trace_id) == 32
     metrics = runtime.telemetry.metrics_text().decode()
     assert 'hetagent_steps_total{kind="call",pool="cpu",status="succeeded"} 2.0' in metrics
+
+
+async def test_a_failed_run_lets_its_kv_go(compile, runtime_for, scripted):
+    def broken(call):
+        raise RuntimeError("engine lost")
+
+    backend = scripted(reply=broken)
+    result = await runtime_for(backend).run(compile(LOOP), {"question": "q"})
+
+    assert result.status == "failed" and "engine lost" in result.error
+    assert backend.released == [f"{result.run_id}/solve"]
+
+
+async def test_a_tool_node_whose_tool_could_not_run_fails_and_is_retried(
+    compile, runtime_for, scripted
+):
+    calls = []
+
+    def flaky(call):
+        calls.append(call)
+        if len(calls) == 1:
+            return ToolResult(
+                False, "[error] ZeroDivisionError", exit_code=1, error="ZeroDivisionError"
+            )
+        return ToolResult(True, "ok", exit_code=0, stdout="ok")
+
+    retried = SLOW_TOOL.replace("TIMEOUT", "5\n      retry: {maxAttempts: 2, backoffSeconds: 0}")
+    result = await runtime_for(scripted(run_tool=flaky)).run(compile(retried), {})
+
+    assert result.status == "succeeded" and len(calls) == 2

@@ -10,6 +10,7 @@ policy is consulted again for every live lease.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -225,6 +226,13 @@ class KVCacheManager:
                 if not lease.demoted:
                     missing -= len(lease.blocks)
                     self._end_lease(lease.program_id)
+
+    def announce_tool(self, program_id: str, tool: str, seconds: float | None) -> None:
+        """The program runs `tool` now (known once its reply is parsed): what its lease's
+        retention decisions go on."""
+        lease = self.leases.get(program_id)
+        if lease is not None:
+            lease.hints = dataclasses.replace(lease.hints, tool=tool, tool_seconds=seconds)
 
     def end_program(self, program_id: str) -> None:
         """The program will send no more turns: its lease (if any) ends now."""
