@@ -41,12 +41,16 @@ $(BIN)/python:
 
 # torch==2.13.0 first: it is the CPU build on this machine's disk; letting pip resolve a plain
 # `torch` requirement would fetch a multi-GB CUDA build instead (see DEVELOPERS.md).
-$(INSTALLED): $(BIN)/python pyproject.toml setup.py
+$(INSTALLED): $(BIN)/python pyproject.toml setup.py /usr/bin/chromium
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/hetagent models pull smollm2-135m
 	touch $@
+
+# The dashboard's browser test drives Debian's Chromium (Playwright never downloads a browser).
+/usr/bin/chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -20,6 +20,7 @@ _EXPORTS = {
     "SpecError": ("hetagent.spec", "SpecError"),
     "load": ("hetagent.documents", "load_file"),
     "DocumentError": ("hetagent.documents", "DocumentError"),
+    "Client": ("hetagent.client", "Client"),
 }
 __all__ = [*_EXPORTS, "__version__"]
 

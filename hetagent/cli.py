@@ -279,39 +279,24 @@ def _policies(text: str | None) -> dict[str, str]:
 
 
 def _this_machine() -> Cluster:
-    """One pool: this machine's CPU, at $0 an hour (a machine one has costs nothing more)."""
-    from hetagent.spec import parse_document
+    from hetagent.orchestrator.serve_cli import this_machine
 
-    return parse_document(
-        {
-            "apiVersion": "hetagent.dev/v1alpha1",
-            "kind": "Cluster",
-            "metadata": {"name": "this-machine"},
-            "spec": {
-                "pools": [
-                    {
-                        "name": "cpu",
-                        "device": "host-cpu",
-                        "count": 1,
-                        "ownership": "owned",
-                        "pricePerHour": 0,
-                    }
-                ]
-            },
-        }
-    )
+    return this_machine()
 
 
 def _mount_component_clis() -> None:
     """Sub-commands that live with their component."""
     from hetagent.backends.local.engine.cli import app as engine_app
     from hetagent.backends.local.engine.models_cli import app as models_app
+    from hetagent.orchestrator.serve_cli import serve, submit
     from hetagent.tools.cli import app as index_app
     from hetagent.tools.resources.cli import app as resources_app
 
     app.add_typer(index_app, name="index")
     app.add_typer(models_app, name="models")
     app.add_typer(engine_app, name="engine")
+    app.command()(serve)
+    app.command()(submit)
     app.add_typer(resources_app, name="resources")
 
 
