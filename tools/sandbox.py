@@ -69,6 +69,10 @@ _call_ids = itertools.count()
 _cpu_offset = itertools.count()
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: prctl in preexec
+_PR_SET_PDEATHSIG = 1
+
+
 class SandboxError(Exception):
     """A call that cannot start (bad workspace, bad limits); the message is one line."""
 
@@ -570,7 +574,14 @@ class Sandbox:
             result.events.append(filesystem_isolation()[1])
         writable = tuple(str(p).encode() for p in (self.root, self._private, *self.writable))
 
+        parent = os.getpid()
+
         def preexec() -> None:  # in the child, between fork and exec (after setsid)
+            # the tool dies with the agent's process (a killed server must not leave a tool
+            # finishing its side effect behind the run it resumes)
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the agent died before the line above
+                os._exit(1)
             group.preexec()
             os.sched_setaffinity(0, cpus)
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
