@@ -50,6 +50,7 @@ class ChatCall:
     decode_pool: str | None
     response_schema: dict[str, Any] | None = None
     seed: int | None = None
+    policies: dict[str, str] = field(default_factory=dict)  # the run's kvRetention, scheduling
 
 
 @dataclass(frozen=True)

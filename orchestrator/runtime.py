@@ -394,6 +394,8 @@ class _Execution:
         self.finished = self.store.finished_steps(run_id)
         self.workspace = options.workspace or workspace_root() / run_id
         self.pool_devices = {p.name: p.device for p in plan.pools}
+        declared = plan.documents[""]["spec"].get("policies") or {}
+        self.policies = {k: v for k, v in (declared | options.policies).items() if v}
 
     async def execute(self) -> None:
         store, run_id = self.store, self.run_id
@@ -633,6 +635,7 @@ class _Execution:
             decode_pool=decode.pool,
             # a token is at least a character: an answer this long closes within max_tokens
             response_schema=action_schema(tools, max(16, max_tokens - 16)) if tools else None,
+            policies=self.policies,
         )
         pools = {"prefill_pool": call.prefill_pool, "decode_pool": call.decode_pool}
         with self.telemetry.chat(

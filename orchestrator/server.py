@@ -467,28 +467,9 @@ def _pools(cluster: Cluster) -> list[dict[str, Any]]:
 
 
 def backend_stats(backend: Any) -> list[dict[str, Any]]:
-    """Per-engine numbers of the local backend (queue, KV cache): the backend protocol has no
-    stats call yet, so this reads the local backend's engines and reports nothing for others."""
-    out = []
-    for (pool, model), engine in list(getattr(backend, "engines", {}).items()):
-        try:
-            metrics = engine.metrics()
-        except Exception:  # an engine that died reports nothing; the view stays up
-            continue
-        kv = metrics.kv
-        out.append(
-            {
-                "pool": pool,
-                "model": str(model),
-                "running": metrics.running,
-                "waiting": metrics.waiting,
-                "kv_cache_usage": kv.usage,
-                "kv_leased_blocks": kv.leased_blocks,
-                "kv_blocks": kv.num_blocks,
-                "prefix_hit_rate": kv.prefix_hit_rate,
-            }
-        )
-    return out
+    """Per-engine numbers (queue, KV cache) of a backend that reports them (`stats()`)."""
+    stats = getattr(backend, "stats", None)
+    return stats() if stats is not None else []
 
 
 def run_json(

@@ -48,8 +48,10 @@ class LocalBackend:
         self.kv_memory_mb = kv_memory_mb
         self.memory_budget_mb = memory_budget_mb
         self.pools: list[str] = []
-        self.engines: dict[tuple[str | None, str], AsyncLLMEngine] = {}
-        self.loading: dict[tuple[str | None, str], asyncio.Task] = {}
+        # (pool, weights, kvRetention, scheduling) -> engine
+        self.engines: dict[tuple[str | None, str, str, str], AsyncLLMEngine] = {}
+        self.loading: dict[tuple[str | None, str, str, str], asyncio.Task] = {}
+        self.programs: dict[str, AsyncLLMEngine] = {}  # program -> the engine of its lease
         self._tools: Any = None
         self._resources: Any = None
         self._indexes: dict[tuple[str, str], Any] = {}
@@ -64,13 +66,18 @@ class LocalBackend:
 
     # -- LLM calls --------------------------------------------------------------------------
 
-    async def engine(self, pool: str | None, model: ModelSpec) -> AsyncLLMEngine:
-        """The engine serving `model` on `pool`, loaded once (in a thread: it takes seconds)."""
-        key = (pool, _weights_name(model))
+    async def engine(
+        self, pool: str | None, model: ModelSpec, policies: dict[str, str] | None = None
+    ) -> AsyncLLMEngine:
+        """The engine serving `model` on `pool` under these policies (the call's, else the
+        backend's), loaded once (in a thread: it takes seconds)."""
+        chosen = self.policies | (policies or {})
+        kv, scheduling = chosen.get("kvRetention") or "evict", chosen.get("scheduling") or "fcfs"
+        key = (pool, _weights_name(model), kv, scheduling)
         if key in self.engines:
             return self.engines[key]
         if key not in self.loading:
-            self.loading[key] = asyncio.create_task(asyncio.to_thread(self._load, key[1]))
+            self.loading[key] = asyncio.create_task(asyncio.to_thread(self._load, *key[1:]))
         try:
             engine = await asyncio.shield(self.loading[key])
         finally:
@@ -79,16 +86,40 @@ class LocalBackend:
         self.engines.setdefault(key, engine)
         return self.engines[key]
 
-    def _load(self, name: str) -> AsyncLLMEngine:
+    def _load(self, name: str, kv_retention: str, scheduling: str) -> AsyncLLMEngine:
         engine = LLMEngine.from_name(
             name,
             kv_memory_mb=self.kv_memory_mb,
-            kv_retention=self.policies.get("kvRetention") or "evict",
-            scheduling=self.policies.get("scheduling") or "fcfs",
+            kv_retention=kv_retention,
+            scheduling=scheduling,
         )
         running = AsyncLLMEngine(engine)
         running.start()
         return running
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Each engine's queue and KV cache, for the ops dashboard."""
+        out = []
+        for (pool, model, kv_retention, scheduling), engine in list(self.engines.items()):
+            try:
+                metrics = engine.metrics()
+            except Exception:  # an engine that died reports nothing; the view stays up
+                continue
+            out.append(
+                {
+                    "pool": pool,
+                    "model": model,
+                    "kv_retention": kv_retention,
+                    "scheduling": scheduling,
+                    "running": metrics.running,
+                    "waiting": metrics.waiting,
+                    "kv_cache_usage": metrics.kv.usage,
+                    "kv_leased_blocks": metrics.kv.leased_blocks,
+                    "kv_blocks": metrics.kv.num_blocks,
+                    "prefix_hit_rate": metrics.kv.prefix_hit_rate,
+                }
+            )
+        return out
 
     async def chat(self, call: ChatCall) -> ChatResult:
         params = SamplingParams(
@@ -104,12 +135,13 @@ class LocalBackend:
             tool=call.hints.tool,
             tool_seconds=call.hints.tool_seconds,
         )
-        decode = await self.engine(call.decode_pool, call.model)
+        decode = await self.engine(call.decode_pool, call.model, call.policies)
+        self.programs[call.hints.program] = decode  # where its lease lives
         if call.prefill_pool == call.decode_pool:
             request = decode.engine.prepare_request(None, params, hints, messages=call.messages)
             return await _follow(decode.stream(request))
         # disaggregated: prefill (and the first token) on one engine, the rest on the other
-        prefill = await self.engine(call.prefill_pool, call.model)
+        prefill = await self.engine(call.prefill_pool, call.model, call.policies)
         started = time.perf_counter()
         first_request = prefill.engine.prepare_request(
             None, replace(params, max_tokens=1), hints, messages=call.messages, keep_kv=True
@@ -138,12 +170,12 @@ class LocalBackend:
     async def announce_tool(
         self, program: str, model: ModelSpec, pool: str | None, tool: str, seconds: float
     ) -> None:
-        engine = self.engines.get((pool, _weights_name(model)))
+        engine = self.programs.get(program)
         if engine is not None:
             await engine.call(lambda e: e.kv.announce_tool(program, tool, seconds))
 
     async def release(self, program: str, model: ModelSpec, pool: str | None) -> None:
-        engine = self.engines.get((pool, _weights_name(model)))
+        engine = self.programs.pop(program, None)
         if engine is not None:
             await engine.call(lambda e: e.kv.end_program(program))
 
