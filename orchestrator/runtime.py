@@ -400,7 +400,8 @@ class _Execution:
     async def execute(self) -> None:
         store, run_id = self.store, self.run_id
         with self.telemetry.workflow(self.plan.agent, run_id) as span:
-            store.set_status(run_id, "running", trace_id=trace_id(span))
+            if not store.set_status(run_id, "running", trace_id=trace_id(span)):
+                return  # cancelled (or finished) before it could start
             try:
                 self.workspace.mkdir(parents=True, exist_ok=True)
                 env = {f"input:{name}": value for name, value in self.inputs.items()}

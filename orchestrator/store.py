@@ -310,7 +310,9 @@ class RunStore:
         outputs: dict[str, Any] | None = None,
         error: str | None = None,
         trace_id: str | None = None,
-    ) -> None:
+    ) -> bool:
+        """Move an unfinished run to `status`; False (and nothing written) if it had already
+        finished, e.g. cancelled by another process meanwhile."""
         if status not in RUN_STATES:
             raise ValueError(f"unknown run status {status!r}; one of {', '.join(RUN_STATES)}")
         values: dict[str, Any] = {"status": status, "updated_at": time.time()}
@@ -321,9 +323,15 @@ class RunStore:
         if trace_id is not None:
             values["trace_id"] = trace_id
         with self.engine.begin() as db:
-            db.execute(update(runs).where(runs.c.id == run_id).values(**values))
-            data = {"status": status} | ({"error": error} if error else {})
-            _event(db, run_id, f"run.{status}", data)
+            changed = db.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status.in_(UNFINISHED))
+                .values(**values)
+            ).rowcount
+            if changed:
+                data = {"status": status} | ({"error": error} if error else {})
+                _event(db, run_id, f"run.{status}", data)
+        return bool(changed)
 
     def cancel(self, run_id: str) -> bool:
         """Mark an unfinished run cancelled (its executor stops at its next step); False if it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from hetagent.backends.local.engine.engine import AsyncLLMEngine, LLMEngine
 from hetagent.backends.local.engine.request import Hints as EngineHints
 
 DEFAULT_KV_MEMORY_MB = 256.0
+TOOL_THREADS = 64  # tool calls in flight at once (each waits on a sandboxed process)
 
 
 class LocalBackend:
@@ -52,6 +54,9 @@ class LocalBackend:
         self.engines: dict[tuple[str | None, str, str, str], AsyncLLMEngine] = {}
         self.loading: dict[tuple[str | None, str, str, str], asyncio.Task] = {}
         self.programs: dict[str, AsyncLLMEngine] = {}  # program -> the engine of its lease
+        # tool calls wait on their processes: their own threads, so that many slow tools never
+        # hold up engine calls and retrieval (asyncio's default pool has cpu_count + 4 threads)
+        self.tool_threads = ThreadPoolExecutor(TOOL_THREADS, thread_name_prefix="hetagent-tool")
         self._tools: Any = None
         self._resources: Any = None
         self._indexes: dict[tuple[str, str], Any] = {}
@@ -63,6 +68,7 @@ class LocalBackend:
         for engine in self.engines.values():
             engine.shutdown()
         self.engines.clear()
+        self.tool_threads.shutdown(wait=False, cancel_futures=True)
 
     # -- LLM calls --------------------------------------------------------------------------
 
@@ -211,7 +217,10 @@ class LocalBackend:
             policy=self._resource_policy(),
             hints=hints,
         )
-        result = await asyncio.to_thread(self.tools.call, call.tool, call.arguments, context)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self.tool_threads, self.tools.call, call.tool, call.arguments, context
+        )
         return ToolResult(
             ok=result.ok,
             text=result.text,
