@@ -288,6 +288,7 @@ def _mount_component_clis() -> None:
     """Sub-commands that live with their component."""
     from hetagent.backends.local.engine.cli import app as engine_app
     from hetagent.backends.local.engine.models_cli import app as models_app
+    from hetagent.backends.sim import cli as sim_cli
     from hetagent.orchestrator.serve_cli import serve, submit
     from hetagent.tools.cli import app as index_app
     from hetagent.tools.resources.cli import app as resources_app
@@ -297,6 +298,8 @@ def _mount_component_clis() -> None:
     app.add_typer(engine_app, name="engine")
     app.command()(serve)
     app.command()(submit)
+    app.add_typer(sim_cli.app, name="trace")
+    app.command("simulate")(sim_cli.simulate)
     app.add_typer(resources_app, name="resources")
 
 

@@ -503,6 +503,11 @@ class Metrics:
             "jct_p50_s": self.quantile(0.5),
             "jct_p95_s": self.quantile(0.95),
             "jct_p99_s": self.quantile(0.99),
+            "jct_slowdown_mean": statistics.fmean(
+                jct / self.ideal_by_program[pid] for pid, jct in self.jct_by_program.items()
+            )
+            if self.jct_by_program
+            else math.nan,
             "makespan_s": self.makespan,
             "throughput_programs_per_s": self.completed / self.makespan if self.makespan else 0.0,
             "sla_attainment": self.sla_attainment(sla_seconds, None if sla_seconds else slowdown),
