@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -481,23 +481,12 @@ class AsyncLLMEngine:
     ) -> AsyncIterator[RequestOutput]:
         """Outputs of a request that decodes on from another engine's `export_kv`."""
         request_id = uuid.uuid4().hex
-        queue: asyncio.Queue = asyncio.Queue()
-        self._streams[request_id] = (asyncio.get_running_loop(), queue)
-        finished = False
-        try:
+
+        async def start() -> None:
             await self.call(lambda e: e.import_kv(data, params, hints, request_id=request_id))
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise RuntimeError(f"engine failed: {item}") from item
-                yield item
-                if item.finished:
-                    finished = True
-                    return
-        finally:
-            self._streams.pop(request_id, None)
-            if not finished:
-                self._post("abort", request_id)
+
+        async for item in self._receive(request_id, start):
+            yield item
 
     def _post(self, kind: str, item: Any) -> None:
         with self._lock:
@@ -524,11 +513,23 @@ class AsyncLLMEngine:
     async def stream(self, request: Request) -> AsyncIterator[RequestOutput]:
         """Run a request made by `engine.prepare_request` (validated already) and yield its
         outputs. Closing the iterator early (a client went away) aborts the request."""
+
+        async def start() -> None:
+            self._post("add", request)
+
+        async for item in self._receive(request.request_id, start):
+            yield item
+
+    async def _receive(
+        self, request_id: str, start: Callable[[], Awaitable[None]]
+    ) -> AsyncIterator[RequestOutput]:
+        """A request's outputs as the engine thread delivers them, once `start` has handed it
+        over; leaving early aborts it."""
         queue: asyncio.Queue = asyncio.Queue()
-        self._streams[request.request_id] = (asyncio.get_running_loop(), queue)
-        self._post("add", request)
+        self._streams[request_id] = (asyncio.get_running_loop(), queue)
         finished = False
         try:
+            await start()
             while True:
                 item = await queue.get()
                 if isinstance(item, BaseException):
@@ -538,9 +539,9 @@ class AsyncLLMEngine:
                     finished = True
                     return
         finally:
-            self._streams.pop(request.request_id, None)
+            self._streams.pop(request_id, None)
             if not finished:
-                self._post("abort", request.request_id)
+                self._post("abort", request_id)
 
     def _deliver(self, request_id: str, item: Any) -> None:
         stream = self._streams.get(request_id)
