@@ -202,6 +202,11 @@ class Continuum:
         self.durations.turn_arrived(program_id, now)
         self.deadlines.pop(program_id, None)
 
+    def on_program_end(self, program_id: str) -> None:
+        """Optional hook: the program is over (it may have ended before its last turn)."""
+        self.durations.forget(program_id)
+        self.deadlines.pop(program_id, None)
+
 
 class ContinuumPreview(Continuum):
     """Continuum as its public preview code behaves (`variant="preview"`): a flat 2 s pin for
@@ -272,6 +277,9 @@ class Lease:
 
     def on_turn_arrival(self, program_id: str, turn: int, now: float) -> None:
         self.durations.turn_arrived(program_id, now)
+
+    def on_program_end(self, program_id: str) -> None:
+        self.durations.forget(program_id)
 
 
 POLICIES: dict[str, type[KVRetentionPolicy]] = {

@@ -88,3 +88,11 @@ def test_plas_serves_the_program_with_the_least_service_first_and_ages_the_rest(
     starved = item("starved", 0.0, 5000)  # waited 60 s longer: 6000 tokens of aging
     newcomer = item("new", 60.0, 200)
     assert sorted([newcomer, starved], key=plas.sort_key)[0] is starved
+
+
+def test_a_program_that_ends_early_is_forgotten():
+    for name in ("continuum", "lease"):
+        policy = policies.get("kv_retention", name)
+        policy.on_request_end(lease(), CALM)  # the program left for a tool
+        policy.on_program_end("p")  # and answered without another turn
+        assert "p" not in policy.durations.away, name

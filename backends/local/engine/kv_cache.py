@@ -235,9 +235,13 @@ class KVCacheManager:
             lease.hints = dataclasses.replace(lease.hints, tool=tool, tool_seconds=seconds)
 
     def end_program(self, program_id: str) -> None:
-        """The program will send no more turns: its lease (if any) ends now."""
+        """The program will send no more turns: its lease (if any) ends now, and a policy that
+        keeps state per program may forget it."""
         if program_id in self.leases:
             self._end_lease(program_id)
+        forget = getattr(self.retention, "on_program_end", None)
+        if forget is not None:
+            forget(program_id)
 
     def turn_arrived(self, request: Request, now: float) -> None:
         if request.hints.program_id is not None:
