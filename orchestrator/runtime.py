@@ -634,8 +634,7 @@ class _Execution:
             ),
             prefill_pool=by_kind["llm.prefill"].pool,
             decode_pool=decode.pool,
-            # a token is at least a character: an answer this long closes within max_tokens
-            response_schema=action_schema(tools, max(16, max_tokens - 16)) if tools else None,
+            response_schema=self._turn_schema(node, tools, turn, max_tokens),
             policies=self.policies,
         )
         pools = {"prefill_pool": call.prefill_pool, "decode_pool": call.decode_pool}
@@ -676,6 +675,18 @@ class _Execution:
         values = {name: value for op in unit.ops for name in op.outputs}
         values[decode.outputs[-1]] = lease  # the decode's second result is the call's KV
         return values, details
+
+    @staticmethod
+    def _turn_schema(
+        node: dict[str, Any], tools: dict[str, dict[str, Any]], turn: int, max_tokens: int
+    ) -> dict[str, Any] | None:
+        """What a ReAct turn may reply: a tool call or the answer; on the last turn only the
+        answer (a tool call there could never be run). A token is at least a character, so an
+        answer this long closes its JSON within max_tokens."""
+        if not tools:
+            return None
+        last = turn >= node.get("maxTurns", 10)
+        return action_schema({} if last else tools, max(16, max_tokens - 16))
 
     async def _announce_tool(self, call: ChatCall, action: dict[str, Any]) -> None:
         """Tell the engine holding the turn's KV which tool the program runs now and how long

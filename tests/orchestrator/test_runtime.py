@@ -118,6 +118,9 @@ async def test_a_loop_that_never_answers_stops_at_max_turns(compile, runtime_for
     assert result.status == "succeeded"
     assert result.outputs["turns"] == 3 and result.outputs["answer"].startswith("[no answer")
     assert len(backend.tools) == 2  # the third turn's call is not run: no turn would read it
+    # an engine that honours the schema could not have asked for a tool on the last turn
+    (last_choice,) = backend.chats[-1].response_schema["anyOf"]
+    assert set(last_choice["properties"]) == {"answer"}
 
 
 async def test_independent_branches_run_concurrently_and_the_join_sees_both(
