@@ -33,7 +33,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
     bindparam,
     create_engine,
     event,
@@ -104,7 +103,6 @@ events = Table(
     Column("time", Float, nullable=False),
     Column("type", String(64), nullable=False),
     Column("data", JSON, nullable=False),
-    UniqueConstraint("run_id", "id"),
 )
 
 
@@ -396,36 +394,6 @@ class RunStore:
             db.execute(upsert, list(rows.values()))
             db.execute(insert(events), happened)
 
-    def start_step(
-        self, run_id: str, key: str, *, kind: str, node: str | None, pool: str | None
-    ) -> int:
-        """Record that a step began (again); returns its attempt number."""
-        if self._step(run_id, key, "status") == "succeeded":
-            raise ValueError(f"step {key} of run {run_id} already finished")
-        record = StepRecord(run_id, key, "running", time.time(), kind=kind, node=node, pool=pool)
-        self.record_steps([record])
-        return self._step(run_id, key, "attempt")
-
-    def finish_step(
-        self, run_id: str, key: str, outputs: Any, *, details: dict[str, Any] | None = None
-    ) -> Any:
-        """Checkpoint a finished step; returns the outputs the run keeps (the first ones, if the
-        step had already finished)."""
-        if self._step(run_id, key, "status") is None:
-            raise ValueError(f"step {key} of run {run_id} was never started")
-        record = StepRecord(run_id, key, "succeeded", time.time(), outputs=outputs, details=details)
-        self.record_steps([record])
-        return self._step(run_id, key, "outputs")
-
-    def fail_step(self, run_id: str, key: str, error: str) -> None:
-        self.record_steps([StepRecord(run_id, key, "failed", time.time(), error=error)])
-
-    def _step(self, run_id: str, key: str, column: str) -> Any:
-        with self.engine.connect() as db:
-            return db.execute(
-                select(steps.c[column]).where(steps.c.run_id == run_id, steps.c.key == key)
-            ).scalar()
-
     def finished_steps(self, run_id: str) -> dict[str, Any]:
         """key -> outputs of every finished step of the run: what a resumed run skips."""
         with self.engine.connect() as db:
@@ -444,10 +412,6 @@ class RunStore:
             return [Step(**row) for row in rows]
 
     # -- events ---------------------------------------------------------------------------
-
-    def add_event(self, run_id: str, type: str, data: dict[str, Any]) -> None:
-        with self.engine.begin() as db:
-            _event(db, run_id, type, data)
 
     def events(self, run_id: str, after: int = 0) -> list[Event]:
         """The run's events with an id above `after`, oldest first (to follow a run live)."""

@@ -1,8 +1,10 @@
 """The run store: what a resumed run can rely on."""
 
+import time
+
 import pytest
 
-from hetagent.orchestrator.store import RunStore, StoreError
+from hetagent.orchestrator.store import RunStore, StepRecord, StoreError
 
 
 @pytest.fixture
@@ -12,23 +14,43 @@ def store(tmp_path):
     store.close()
 
 
+def started(run, key, kind="tool.exec"):
+    return StepRecord(run, key, "running", time.time(), kind=kind, node=key.split(".")[0])
+
+
+def finished(run, key, outputs):
+    return StepRecord(run, key, "succeeded", time.time(), outputs=outputs)
+
+
 def test_a_finished_step_is_kept_once_with_its_first_outputs(store):
     run = store.create_run("quickstart", {"steps": []}, {"question": "q"})
-    store.start_step(run, "solve.tool.exec@1", kind="tool.exec", node="solve", pool="cpu")
-    assert store.finish_step(run, "solve.tool.exec@1", {"stdout": "42"}) == {"stdout": "42"}
-    # a second writer of the same step (a resumed duplicate) gets the first result back
-    assert store.finish_step(run, "solve.tool.exec@1", {"stdout": "43"}) == {"stdout": "42"}
-    assert store.finished_steps(run) == {"solve.tool.exec@1": {"stdout": "42"}}
-    with pytest.raises(ValueError, match="already finished"):
-        store.start_step(run, "solve.tool.exec@1", kind="tool.exec", node="solve", pool="cpu")
+    key = "solve.tool.exec@1"
+    store.record_steps([started(run, key), finished(run, key, {"stdout": "42"})])
+    # a second writer of the same step (a resumed duplicate) changes nothing
+    store.record_steps([started(run, key), finished(run, key, {"stdout": "43"})])
+    assert store.finished_steps(run) == {key: {"stdout": "42"}}
+    (step,) = store.steps(run)
+    assert step.status == "succeeded" and step.attempt == 1
 
 
 def test_a_restarted_step_counts_its_attempts_and_a_failed_one_is_not_finished(store):
     run = store.create_run("a", {}, {})
-    assert store.start_step(run, "s", kind="tool.exec", node="s", pool=None) == 1
-    store.fail_step(run, "s", "exit code 1")
+    failed = StepRecord(run, "s", "failed", time.time(), error="exit code 1")
+    store.record_steps([started(run, "s"), failed])
     assert store.finished_steps(run) == {}
-    assert store.start_step(run, "s", kind="tool.exec", node="s", pool=None) == 2
+    store.record_steps([started(run, "s")])
+    (step,) = store.steps(run)
+    assert step.attempt == 2 and step.status == "running" and step.error is None
+
+
+def test_changes_to_one_step_in_one_batch_fold_in_order(store):
+    run = store.create_run("a", {}, {})
+    failed = StepRecord(run, "s", "failed", time.time(), error="timeout")
+    store.record_steps([started(run, "s"), failed, started(run, "s"), finished(run, "s", [1])])
+    (step,) = store.steps(run)
+    assert (step.status, step.attempt, step.outputs, step.error) == ("succeeded", 2, [1], None)
+    types = [e.type for e in store.events(run)][1:]
+    assert types == ["step.running", "step.failed", "step.running", "step.succeeded"]
 
 
 def test_a_reopened_database_resumes_the_unfinished_runs(tmp_path):
@@ -36,8 +58,7 @@ def test_a_reopened_database_resumes_the_unfinished_runs(tmp_path):
     first = RunStore(url)
     done, pending = first.create_run("a", {}, {}), first.create_run("a", {}, {})
     first.set_status(done, "succeeded", outputs={"answer": "yes"})
-    first.start_step(pending, "x", kind="data.template", node="x", pool="cpu")
-    first.finish_step(pending, "x", "hello")
+    first.record_steps([started(pending, "x", "data.template"), finished(pending, "x", "hello")])
     first.close()
 
     second = RunStore(url)
@@ -64,9 +85,9 @@ def test_cancel_stops_an_unfinished_run_only(store):
 
 def test_outputs_that_json_cannot_hold_are_refused_naming_the_step(store):
     run = store.create_run("a", {}, {})
-    store.start_step(run, "s", kind="data.template", node="s", pool=None)
     with pytest.raises(ValueError, match="outputs of step s cannot be stored"):
-        store.finish_step(run, "s", {"value": object()})
+        store.record_steps([started(run, "s"), finished(run, "s", {"value": object()})])
+    assert store.steps(run) == []  # the batch is refused whole
 
 
 def test_agents_are_kept_per_tenant(store):
