@@ -40,6 +40,7 @@ from hetagent.backends.base import (
     ToolResult,
 )
 from hetagent.compiler.emit import ExecutablePlan, PlanLoop, PlanOp
+from hetagent.compiler.frontend import SUBGRAPH_SEPARATOR
 from hetagent.orchestrator.actions import (
     Answer,
     Mistake,
@@ -51,6 +52,7 @@ from hetagent.orchestrator.actions import (
 from hetagent.orchestrator.store import RunStore, Step, StepRecord
 from hetagent.orchestrator.telemetry import Telemetry, trace_id
 from hetagent.orchestrator.templates import Scope, as_text, node_outputs
+from hetagent.spec import AgentGraph, parse_document
 
 CALL_PARTS = ("llm.tokenize", "llm.prefill", "kv.transfer", "llm.decode", "llm.detokenize")
 RETRIEVE_PARTS = ("retr.embed", "data.transfer", "retr.search")
@@ -394,6 +396,7 @@ class _Execution:
         self.finished = self.store.finished_steps(run_id)
         self.workspace = options.workspace or workspace_root() / run_id
         self.pool_devices = {p.name: p.device for p in plan.pools}
+        self.graphs: dict[str, AgentGraph] = {}  # document prefix -> the parsed document
         declared = plan.documents[""]["spec"].get("policies") or {}
         self.policies = {k: v for k, v in (declared | options.policies).items() if v}
 
@@ -484,11 +487,8 @@ class _Execution:
         key = unit.id + "".join(f"@{turn}" for turn in turns)
         if key in self.finished:
             return dict(zip(unit.outputs, self.finished[key], strict=True))
-        node = self._node(unit.node)
-        retry = node.get("retry")  # the spec's defaults: 3 attempts, 1 s, doubling
-        attempts = retry.get("maxAttempts", 3) if retry is not None else 1
-        backoff = retry.get("backoffSeconds", 1.0) if retry is not None else 0.0
-        growth = retry.get("backoffMultiplier", 2.0) if retry is not None else 1.0
+        retry = self._spec(unit.node).retry  # None: one attempt
+        attempts = retry.max_attempts if retry else 1
         checkpoints, pool = self.runtime.checkpoints, unit.ops[-1].pool
         for attempt in range(1, attempts + 1):
             checkpoints.add(
@@ -504,7 +504,9 @@ class _Execution:
                 self.telemetry.steps.labels(unit.kind, pool or "", "failed").inc()
                 if attempt == attempts:
                     raise
-                await asyncio.sleep(backoff * growth ** (attempt - 1))
+                await asyncio.sleep(
+                    retry.backoff_seconds * retry.backoff_multiplier ** (attempt - 1)
+                )
                 continue
             seconds = time.perf_counter() - started
             self.telemetry.steps.labels(unit.kind, pool or "", "succeeded").inc()
@@ -528,9 +530,21 @@ class _Execution:
             raise RunError(f"step {unit.node} ran past its {limit:g} s timeout") from None
 
     def _node(self, path: str | None) -> dict[str, Any]:
+        """A node as its document writes it (the text its templates are rendered from)."""
         if not path:
             return {}
         return self._scope(env={}).node(path)
+
+    def _spec(self, path: str) -> Any:
+        """The same node as the spec reads it, every default filled in (one place for them)."""
+        prefix, _, name = path.rpartition(SUBGRAPH_SEPARATOR)
+        return next(n for n in self._graph(prefix).spec.nodes if n.name == name)
+
+    def _graph(self, prefix: str) -> AgentGraph:
+        """The agent's document (or a subgraph's, by its path prefix), parsed once a run."""
+        if prefix not in self.graphs:
+            self.graphs[prefix] = parse_document(self.plan.documents[prefix])
+        return self.graphs[prefix]
 
     def _scope(self, env: dict[str, Any], node: str | None = None) -> Scope:
         scope = Scope(self.plan.documents, self.plan.values, env)
@@ -606,35 +620,33 @@ class _Execution:
         """One LLM call: an `llm` node's messages, or a ReAct turn over the loop's history."""
         by_kind = {op.kind: op for op in unit.ops}
         tokenize, decode = by_kind["llm.tokenize"], by_kind["llm.decode"]
-        node = self._node(tokenize.node)
+        node, spec = self._node(tokenize.node), self._spec(tokenize.node)
         scope = self._scope(env, tokenize.node)
         model = self._model(tokenize.attributes["model"], tokenize.node)
         turn = turns[-1] if turns else 1
-        tools: dict[str, dict[str, Any]] = {}
-        if node.get("type") == "agent":
-            tools = await self._tool_schemas(node["tools"])
-            history = env[tokenize.inputs[0]]
-            messages = _first_messages(scope, node, history, tools)
-            max_tokens = node.get("maxTokens", 512)
+        looping = spec.type == "agent"
+        last = not looping or turn >= spec.max_turns
+        schema = None
+        if looping:
+            tools = await self._tool_schemas(spec.tools)
+            messages = _first_messages(scope, node, env[tokenize.inputs[0]], tools)
+            # the last turn may only answer (a tool call there could never run); a token is at
+            # least a character, so an answer this long closes its JSON within max_tokens
+            schema = action_schema({} if last else tools, max(16, spec.max_tokens - 16))
         else:
             messages = [
                 {"role": m["role"], "content": scope.render(m["content"])} for m in node["messages"]
             ]
-            max_tokens = decode.attributes.get("max_tokens") or node.get("maxTokens", 512)
         call = ChatCall(
             key=key,
             model=model,
             messages=messages,
-            max_tokens=max_tokens,
-            temperature=node.get("temperature", 0.0),
-            hints=Hints(
-                program=self.program(tokenize.node),
-                turn=turn,
-                last_turn=node.get("type") != "agent" or turn >= node.get("maxTurns", 10),
-            ),
+            max_tokens=decode.attributes.get("max_tokens") or spec.max_tokens,
+            temperature=spec.temperature,
+            hints=Hints(program=self.program(tokenize.node), turn=turn, last_turn=last),
             prefill_pool=by_kind["llm.prefill"].pool,
             decode_pool=decode.pool,
-            response_schema=self._turn_schema(node, tools, turn, max_tokens),
+            response_schema=schema,
             policies=self.policies,
         )
         pools = {"prefill_pool": call.prefill_pool, "decode_pool": call.decode_pool}
@@ -668,25 +680,15 @@ class _Execution:
             "transfer_bytes": result.transfer_bytes,
             "model": model.id,
         } | pools
-        value = _reply(result.text, messages, tools, result.finish_reason) if tools else result.text
-        if tools:
+        value = (
+            _reply(result.text, messages, tools, result.finish_reason) if looping else result.text
+        )
+        if looping:
             await self._announce_tool(call, value["action"])
         lease = {"program": self.program(tokenize.node), "model": model.id}
         values = {name: value for op in unit.ops for name in op.outputs}
         values[decode.outputs[-1]] = lease  # the decode's second result is the call's KV
         return values, details
-
-    @staticmethod
-    def _turn_schema(
-        node: dict[str, Any], tools: dict[str, dict[str, Any]], turn: int, max_tokens: int
-    ) -> dict[str, Any] | None:
-        """What a ReAct turn may reply: a tool call or the answer; on the last turn only the
-        answer (a tool call there could never be run). A token is at least a character, so an
-        answer this long closes its JSON within max_tokens."""
-        if not tools:
-            return None
-        last = turn >= node.get("maxTurns", 10)
-        return action_schema({} if last else tools, max(16, max_tokens - 16))
 
     async def _announce_tool(self, call: ChatCall, action: dict[str, Any]) -> None:
         """Tell the engine holding the turn's KV which tool the program runs now and how long
@@ -711,10 +713,12 @@ class _Execution:
                 name=index_name,
                 documents=(self._base(embed.node) / index["documents"]).resolve(),
                 embedding_model=self._model_key(index["embeddingModel"], embed.node),
-                chunk_tokens=index.get("chunkTokens", 256),
+                chunk_tokens=self._graph(scope.prefix.rstrip(SUBGRAPH_SEPARATOR))
+                .spec.indexes[index_name]
+                .chunk_tokens,
             ),
             query=as_text(scope.fill(node["query"])),
-            k=search.attributes.get("k") or node.get("k", 4),
+            k=search.attributes.get("k") or self._spec(embed.node).k,
             embed_pool=embed.pool,
             search_pool=search.pool,
         )
