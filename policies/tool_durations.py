@@ -113,13 +113,20 @@ class TurnStats:
     def __init__(self, keep: int = 1000):
         self.turns: list[int] = []
         self.keep = keep
+        self._eta: float | None = None  # computed once per change: policies ask every step
 
     def program_finished(self, turns: int) -> None:
         if turns >= 1:
             self.turns.append(turns)
             del self.turns[: -self.keep]
+            self._eta = None
 
     def eta(self) -> float:
+        if self._eta is None:
+            self._eta = self._correlation()
+        return self._eta
+
+    def _correlation(self) -> float:
         pairs = [(k, n - k) for n in self.turns for k in range(1, n + 1)]
         if len(pairs) < 2:
             return 1.0
