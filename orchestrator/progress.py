@@ -97,7 +97,7 @@ def _progress(steps: list[Step]) -> Table:
         table.add_column(column)
     for s in steps:
         seconds = _seconds(s)
-        table.add_row(s.key, s.pool or "", s.status, f"{seconds:.2f}" if seconds else "")
+        table.add_row(escape(s.key), s.pool or "", s.status, f"{seconds:.2f}" if seconds else "")
     return table
 
 
