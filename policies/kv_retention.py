@@ -138,36 +138,18 @@ class Continuum:
     was evicted, eta = -Corr(k, N - k) over finished programs and `reload` the re-prefill time.
     The last turn is never pinned. A pin holds until its deadline, memory pressure or not (new
     requests wait behind pins: the paper's weakness); with at most one request running under
-    pressure, the pin with the latest deadline is dropped.
-
-    `variant="preview"` is the public preview code instead: a tool's duration is the running
-    mean of its calls; pin for a flat 2 s if that mean is at most 2 s, else not; unknown tools
-    count as 0 s (pinned)."""
+    pressure, the pin with the latest deadline is dropped."""
 
     name: ClassVar[str] = "continuum"
 
-    def __init__(
-        self,
-        variant: str = "paper",
-        evicted_wait_seconds: float = 1.0,
-        prefill_seconds_per_token: float = 2e-4,
-        preview_pin_seconds: float = 2.0,
-    ):
-        if variant not in ("paper", "preview"):
-            raise ValueError(f"continuum: variant must be 'paper' or 'preview', got {variant!r}")
-        self.variant = variant
+    def __init__(self, evicted_wait_seconds: float = 1.0, prefill_seconds_per_token: float = 2e-4):
         self.evicted_wait = evicted_wait_seconds
         self.prefill_per_token = prefill_seconds_per_token
-        self.preview_pin = preview_pin_seconds
         self.durations = ToolDurations()
         self.turns = TurnStats()
         self.deadlines: dict[str, float] = {}
 
     def ttl(self, lease: LeaseView) -> float:
-        if self.variant == "preview":  # the running mean of the tool's calls; unknown: 0 s
-            seen = self.durations.by_tool.get(lease.tool or "")
-            mean = sum(seen.recent) / len(seen.recent) if seen else 0.0
-            return self.preview_pin if mean <= self.preview_pin else 0.0
         gain = self.evicted_wait * self.turns.eta() + lease.num_tokens * self.prefill_per_token
         best, best_value = 0.0, 0.0
         for tau in self.durations.quantiles(lease.tool):
@@ -190,10 +172,8 @@ class Continuum:
 
     def on_step(self, lease: LeaseView, memory: MemoryView) -> Decision:
         deadline = self.deadlines.get(lease.program_id, lease.now)
-        latest = max(self.deadlines.values(), default=deadline)
-        if lease.now >= deadline or (
-            memory.pressure and memory.running <= 1 and deadline >= latest
-        ):
+        squeezed = memory.pressure and memory.running <= 1  # then the latest pin goes
+        if lease.now >= deadline or (squeezed and deadline >= max(self.deadlines.values())):
             self.deadlines.pop(lease.program_id, None)
             return Decision.RELEASE
         return Decision.HOLD
@@ -209,13 +189,20 @@ class Continuum:
 
 
 class ContinuumPreview(Continuum):
-    """Continuum as its public preview code behaves (`variant="preview"`): a flat 2 s pin for
-    tools whose mean duration is at most 2 s."""
+    """Continuum as its public preview code behaves: a tool's duration is the running mean of
+    its calls; pin for a flat 2 s if that mean is at most 2 s, else not; unknown tools count as
+    0 s (pinned)."""
 
     name: ClassVar[str] = "continuum-preview"
 
-    def __init__(self, **options):
-        super().__init__(variant="preview", **options)
+    def __init__(self, pin_seconds: float = 2.0, **options):
+        super().__init__(**options)
+        self.pin_seconds = pin_seconds
+
+    def ttl(self, lease: LeaseView) -> float:
+        seen = self.durations.by_tool.get(lease.tool or "")
+        mean = sum(seen.recent) / len(seen.recent) if seen else 0.0
+        return self.pin_seconds if mean <= self.pin_seconds else 0.0
 
 
 class Lease:
