@@ -35,18 +35,27 @@ def _ll_tokenizer(tokenizer: Tokenizer) -> llguidance.LLTokenizer:
     )
 
 
+@lru_cache(maxsize=64)
+def _grammar(tokenizer: Tokenizer, schema: str) -> str:
+    """A schema's checked grammar: a ReAct loop asks for the same one every turn."""
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(
+        schema, defaults={"whitespace_flexible": False}
+    )
+    failed, problems = llguidance.LLMatcher.validate_grammar_with_warnings(
+        grammar, _ll_tokenizer(tokenizer)
+    )
+    if failed:
+        raise GuideError(f"the response schema cannot guide decoding: {'; '.join(problems)}")
+    return grammar
+
+
 class JsonGuide:
     """One sequence's matcher: `restrict` masks a logits row to the allowed tokens, `accept`
     advances past the sampled one; `finished` once the JSON value is complete."""
 
     def __init__(self, tokenizer: Tokenizer, schema: dict[str, Any]):
         ll = _ll_tokenizer(tokenizer)
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(
-            json.dumps(schema), defaults={"whitespace_flexible": False}
-        )
-        failed, problems = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, ll)
-        if failed:
-            raise GuideError(f"the response schema cannot guide decoding: {'; '.join(problems)}")
+        grammar = _grammar(tokenizer, json.dumps(schema, sort_keys=True))
         self.matcher = llguidance.LLMatcher(ll, grammar)
         self.stop_token_ids = set(tokenizer.stop_token_ids)
         self.mask = llguidance.torch.allocate_token_bitmask(1, ll.vocab_size)
