@@ -207,7 +207,10 @@ def run(
     cluster: Path | None = typer.Option(
         None, "--cluster", help="The Cluster YAML file (default: this machine's CPU)."
     ),
-    backend: str = typer.Option("local", "--backend", help="local."),
+    backend: str = typer.Option("local", "--backend", help="local | ray."),
+    address: str | None = typer.Option(
+        None, "--address", help="--backend ray: auto | ray://HOST:PORT (default: a local Ray)."
+    ),
     policy: str | None = typer.Option(
         None, "--policy", help="Policies as kv=NAME,sched=NAME,resources=NAME."
     ),
@@ -220,11 +223,12 @@ def run(
     """Plan an agent, compile it, and run it end to end; print its outputs and steps."""
     import asyncio
 
+    from hetagent.backends import BACKENDS
     from hetagent.compiler import compile_plan
     from hetagent.orchestrator.progress import run_with_progress
 
-    if backend != "local":
-        raise _fail(f"unknown --backend {backend!r}; use local")
+    if backend not in BACKENDS:
+        raise _fail(f"unknown --backend {backend!r}; use {' or '.join(BACKENDS)}")
     values = {}
     for item in inputs:
         name, equals, value = item.partition("=")
@@ -252,6 +256,8 @@ def run(
             as_json=as_json,
             console=out,
             fail=_fail,
+            backend=backend,
+            address=address,
         )
     )
     raise typer.Exit(code)
@@ -286,6 +292,7 @@ def _this_machine() -> Cluster:
 
 def _mount_component_clis() -> None:
     """Sub-commands that live with their component."""
+    from hetagent.backends.k8s.cli import app as k8s_app
     from hetagent.backends.local.engine.cli import app as engine_app
     from hetagent.backends.local.engine.models_cli import app as models_app
     from hetagent.backends.sim import cli as sim_cli
@@ -296,6 +303,7 @@ def _mount_component_clis() -> None:
     app.add_typer(index_app, name="index")
     app.add_typer(models_app, name="models")
     app.add_typer(engine_app, name="engine")
+    app.add_typer(k8s_app, name="k8s")
     app.command()(serve)
     app.command()(submit)
     app.add_typer(sim_cli.app, name="trace")

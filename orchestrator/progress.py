@@ -1,4 +1,5 @@
-"""`hetagent run`: one run on the local backend, its steps live, then its outputs and steps."""
+"""`hetagent run`: one run on a backend (local by default), its steps live, then its outputs and
+steps."""
 
 from __future__ import annotations
 
@@ -33,15 +34,22 @@ async def run_with_progress(
     as_json: bool,
     console: Console,
     fail: Callable[[str], BaseException],
+    backend: str = "local",
+    address: str | None = None,
 ) -> int:
-    """Run the plan; 0 when the run succeeded, 1 when it failed."""
-    from hetagent.backends.local.backend import LocalBackend
+    """Run the plan on `backend` (`hetagent.backends.make_backend`); 0 when the run
+    succeeded, 1 when it failed."""
+    from hetagent.backends import make_backend
 
+    try:
+        chosen = make_backend(backend, policies, kv_memory_mb=kv_memory_mb, address=address)
+    except ValueError as error:
+        raise fail(f"--backend {backend}: {error}") from None
     try:
         store = RunStore(db)
     except StoreError as error:
         raise fail(str(error)) from None
-    runtime = Runtime(LocalBackend(policies, kv_memory_mb=kv_memory_mb), store, Telemetry())
+    runtime = Runtime(chosen, store, Telemetry())
     try:
         try:
             run_id = await runtime.submit(

@@ -129,9 +129,18 @@ class Runtime:
     # -- the public face ----------------------------------------------------------------------
 
     async def submit(
-        self, plan: ExecutablePlan, inputs: dict[str, Any], options: RunOptions | None = None
+        self,
+        plan: ExecutablePlan,
+        inputs: dict[str, Any],
+        options: RunOptions | None = None,
+        *,
+        run_id: str | None = None,
     ) -> str:
-        """Start a run; returns its id at once (the run goes on in the background)."""
+        """Start a run; returns its id at once (the run goes on in the background). A caller
+        that names the run (`run_id`, e.g. a Kubernetes object's uid) can submit again safely:
+        a run of that id already in the store is the one (`resume` restarts it if unfinished)."""
+        if run_id is not None and self.store.get_run(run_id) is not None:
+            return run_id
         options = options or RunOptions()
         bound = bind_inputs(plan, inputs)
         run_id = self.store.create_run(
@@ -140,6 +149,7 @@ class Runtime:
             bound,
             tenant=options.tenant,
             options=options.to_json(),
+            run_id=run_id,
         )
         await self._start(run_id, plan, bound, options)
         return run_id

@@ -71,6 +71,9 @@ def serve(
         "every one is offered in the plans view. Repeatable.",
     ),
     backend: str = typer.Option("local", "--backend", help="local | ray."),
+    address: str | None = typer.Option(
+        None, "--address", help="--backend ray: auto | ray://HOST:PORT (default: a local Ray)."
+    ),
     tokens: Path | None = typer.Option(
         None, "--tokens", help="YAML file `tokens: {TOKEN: TENANT}` (else $HETAGENT_TOKENS)."
     ),
@@ -102,7 +105,7 @@ def serve(
         loaded.append(this_machine())
     if not base_dir.is_dir():
         raise _fail(f"--base-dir {base_dir}: not a directory")
-    chosen = _backend(backend, kv_memory_mb)
+    chosen = _backend(backend, kv_memory_mb, address)
     try:
         tenants = load_tenants(tokens)
     except ValueError as error:
@@ -141,18 +144,13 @@ def serve(
         raise typer.Exit(1)
 
 
-def _backend(name: str, kv_memory_mb: float):
-    if name == "local":
-        from hetagent.backends.local.backend import LocalBackend
+def _backend(name: str, kv_memory_mb: float, address: str | None):
+    from hetagent.backends import make_backend
 
-        return LocalBackend(kv_memory_mb=kv_memory_mb)
-    if name == "ray":
-        try:
-            from hetagent.backends.ray.backend import RayBackend  # type: ignore[import-not-found]
-        except ImportError:
-            raise _fail("--backend ray: the Ray backend is not available in this install") from None
-        return RayBackend()
-    raise _fail(f"unknown --backend {name!r}; use local or ray")
+    try:
+        return make_backend(name, kv_memory_mb=kv_memory_mb, address=address)
+    except ValueError as error:
+        raise _fail(f"--backend {name}: {error}") from None
 
 
 def _generated_token() -> str:

@@ -280,12 +280,14 @@ class Service:
 
     # runs ----------------------------------------------------------------------------------
 
-    async def submit(self, tenant: str, agent: str, inputs: dict[str, Any]) -> str:
+    async def submit(
+        self, tenant: str, agent: str, inputs: dict[str, Any], *, run_id: str | None = None
+    ) -> str:
         graph, document = self._graph(tenant, agent)
         planned = await asyncio.to_thread(self._planned, graph, document, self.cluster)
         options = RunOptions(base_dir=self.base_dir, tenant=tenant)
         try:
-            run_id = await self.runtime.submit(planned.plan, inputs, options)
+            run_id = await self.runtime.submit(planned.plan, inputs, options, run_id=run_id)
         except InputError as error:
             raise ApiError(422, str(error), [{"path": "inputs", "message": str(error)}]) from None
         self._tenant_of[run_id] = tenant

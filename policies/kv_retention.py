@@ -61,6 +61,9 @@ class MemoryView:
     blocked_blocks: int  # blocks the first waiting request needs but cannot get (0: no pressure)
     running: int  # requests running this step
     bytes_per_block: int
+    # a running request short of `blocked_blocks` is about to be preempted, and would recompute
+    # this many tokens (0: the blocked request is a waiting one, which only waits a step)
+    preempt_tokens: int = 0
 
     @property
     def pressure(self) -> bool:
@@ -75,7 +78,9 @@ class KVRetentionPolicy(Protocol):
         ...
 
     def on_step(self, lease: LeaseView, memory: MemoryView) -> Decision:
-        """Called every engine step for every live lease."""
+        """Called every engine step for every live lease, and again under the pressure of a
+        running request about to be preempted (`memory.preempt_tokens`): the engine asks its
+        leases to yield before it preempts anything."""
         ...
 
     def on_turn_arrival(self, program_id: str, turn: int, now: float) -> None:
@@ -206,13 +211,16 @@ class ContinuumPreview(Continuum):
 
 
 class Lease:
-    """hetagent's lease, re-decided every engine step (kv-leases.md): keep a program's KV while
-    the time it is expected to save in the next step, hazard(tool returns) x benefit, is worth
-    more than the memory it holds is worth to the requests blocked on memory (zero without
-    pressure). The benefit of a resident KV is the prefill it spares (the cached tokens at the
-    engine's prefill rate), weighted by the turns the program still has to go. Otherwise demote
-    it to host memory when copying it back is cheaper than recomputing it, and prefetch a
-    demoted KV back once its tool is likely back before the copy would finish."""
+    """hetagent's lease, re-decided every engine step (kv-leases.md). Under memory pressure, keep
+    a program's KV while the time it is expected to save in the next step, hazard(tool returns)
+    x benefit, is worth more than the memory is to the request blocked on it: a step of waiting,
+    or the recompute of a running request the engine would otherwise preempt. The benefit of a
+    resident KV is the prefill it spares (the cached tokens at the engine's prefill rate),
+    weighted by the turns the program still has to go. Without pressure, keep it while the tool
+    is likely back before the KV could be copied back from host memory. Otherwise demote it to
+    host memory when copying it back is cheaper than recomputing it (else release it), prefetch
+    a demoted KV once its tool is likely back, and swap a preempted request out rather than
+    recompute it."""
 
     name: ClassVar[str] = "lease"
 
@@ -248,19 +256,29 @@ class Lease:
             if not memory.pressure and soon >= 0.5:
                 return Decision.PROMOTE  # back on the device before the program is
             return Decision.HOLD
+        worth_copying = self._copy(lease) < self._recompute(lease)
         if not memory.pressure:
-            return Decision.HOLD  # memory nobody waits for costs nothing
+            # memory nobody waits for costs no time, but idle device memory is not free either:
+            # a lease stays only while its tool is likely back before its KV could be copied back
+            back = self.durations.hazard(lease.tool, lease.age, self._copy(lease) + self.step)
+            return Decision.DEMOTE if worth_copying and back < 0.5 else Decision.HOLD
         remaining = 1.0 + self.turns.expected_remaining(lease.turn)
         saved = self.durations.hazard(lease.tool, lease.age, self.step) * (
             self._recompute(lease) * remaining
         )
+        # the blocked request's lost time: a step of waiting, or its recompute if it is a
+        # running request the engine would otherwise preempt
+        lost = max(self.step, memory.preempt_tokens * self.prefill_per_token)
         blocked = memory.blocked_blocks * memory.bytes_per_block
-        cost = self.step * min(1.0, lease.bytes / blocked)  # the blocked request's lost time
+        cost = lost * min(1.0, lease.bytes / blocked)
         if saved >= cost:
             return Decision.HOLD
-        if self._copy(lease) < self._recompute(lease):
-            return Decision.DEMOTE
-        return Decision.RELEASE
+        return Decision.DEMOTE if worth_copying else Decision.RELEASE
+
+    def on_preempt(self, lease: LeaseView, memory: MemoryView) -> Decision:
+        """Optional hook: a running request is preempted; DEMOTE swaps its KV to host memory
+        (copied back when it is admitted again), anything else recomputes it (vLLM V1)."""
+        return Decision.DEMOTE if self._copy(lease) < self._recompute(lease) else Decision.RELEASE
 
     def on_turn_arrival(self, program_id: str, turn: int, now: float) -> None:
         self.durations.turn_arrived(program_id, now)

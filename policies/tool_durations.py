@@ -70,40 +70,46 @@ class ToolDurations:
 
     # -- predicting -----------------------------------------------------------------------
 
+    def _samples(self, tool: str | None) -> _Samples | None:
+        """The observations predictions come from: the tool's own once it has enough, else all
+        tools' once they have enough, else none (the exponential prior)."""
+        own = self.by_tool.get(tool or "")
+        if own is not None and len(own.sorted) >= self.own_after:
+            return own
+        if len(self.pooled.sorted) >= self.pooled_after:
+            return self.pooled
+        return None
+
     def cdf(self, tool: str | None, t: float) -> float:
         """P(the tool has returned within t seconds)."""
         if t <= 0:
             return 0.0
-        own = self.by_tool.get(tool or "")
-        if own is not None and len(own.sorted) >= self.own_after:
-            return own.cdf(t)
-        if len(self.pooled.sorted) >= self.pooled_after:
-            return self.pooled.cdf(t)
-        return 1.0 - math.exp(-t / self.prior_mean)
+        samples = self._samples(tool)
+        if samples is None:
+            return 1.0 - math.exp(-t / self.prior_mean)
+        return samples.cdf(t)
 
     def hazard(self, tool: str | None, age: float, window: float) -> float:
         """P(the tool returns within the next `window` seconds | not returned after `age`)."""
+        if self._samples(tool) is None:  # the exponential prior is memoryless
+            return 1.0 - math.exp(-window / self.prior_mean)
         alive = 1.0 - self.cdf(tool, age)
-        if alive <= 1e-9:  # longer than anything seen: it may come back any moment
-            return 1.0
+        if alive <= 1e-9:
+            # it outlived every observation: tool durations are heavy-tailed, and a heavy
+            # tail's remaining life grows with the time already waited, so take it to be that
+            return 1.0 - math.exp(-window / max(age, self.mean(tool)))
         return (self.cdf(tool, age + window) - self.cdf(tool, age)) / alive
 
     def mean(self, tool: str | None) -> float:
-        own = self.by_tool.get(tool or "")
-        if own is not None and len(own.sorted) >= self.own_after:
-            return sum(own.sorted) / len(own.sorted)
-        if len(self.pooled.sorted) >= self.pooled_after:
-            return sum(self.pooled.sorted) / len(self.pooled.sorted)
-        return self.prior_mean
+        samples = self._samples(tool)
+        return self.prior_mean if samples is None else sum(samples.sorted) / len(samples.sorted)
 
     def quantiles(self, tool: str | None) -> list[float]:
         """Candidate holding times: every observed duration of the distribution in use."""
-        own = self.by_tool.get(tool or "")
-        if own is not None and len(own.sorted) >= self.own_after:
-            return list(own.sorted)
-        if len(self.pooled.sorted) >= self.pooled_after:
-            return list(self.pooled.sorted)
-        return [self.prior_mean * -math.log(1 - q / 20) for q in range(1, 20)]
+        samples = self._samples(tool)
+        if samples is None:
+            return [self.prior_mean * -math.log(1 - q / 20) for q in range(1, 20)]
+        return list(samples.sorted)
 
 
 class TurnStats:

@@ -3,9 +3,10 @@ engine (`backends/local/engine`) does it, with token counts instead of tokens.
 
 What it keeps from the real engine, step for step:
 - the scheduler (`engine/scheduler.py`): running requests first (a decode token or a prefill
-  chunk each, within the token budget), preempting the lowest-ranked running request by
-  recompute when a block is missing; then waiting requests in the `scheduling` policy's order
-  (`sort_key(QueueItem)`) while the budget, the sequence limit and free blocks allow;
+  chunk each, within the token budget); when a block is missing, the leases are asked to yield
+  (`reclaim`), and if they hold, the lowest-ranked running request is preempted by recompute;
+  then waiting requests in the `scheduling` policy's order (`sort_key(QueueItem)`) while the
+  budget, the sequence limit and free blocks allow;
 - the KV manager (`engine/kv_cache.py`): a finished turn's full blocks become a lease the
   `kv_retention` policy decides on (`on_request_end`), every lease is re-decided every step
   (`on_step`) and on idle ticks, a turn's arrival is told to the policy (`on_turn_arrival`),
@@ -28,6 +29,7 @@ is exact up to the context growth within a span (the step time is taken at its m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -376,6 +378,21 @@ class SimEngine:
                     missing -= lease.blocks
                     self._end_lease(lease.conv, now)
 
+    def reclaim(self, blocks: int, preempt_tokens: int, now: float) -> bool:
+        """`KVCacheManager.reclaim`: before preempting a running request (which would recompute
+        `preempt_tokens` tokens), device leases are asked again under that pressure, oldest
+        first, until `blocks` came free. True if any did."""
+        memory = dataclasses.replace(
+            self.memory_view(), blocked_blocks=blocks, preempt_tokens=preempt_tokens
+        )
+        before = self.free + self.lru_blocks
+        for lease in sorted(self.leases.values(), key=lambda x: x.started):
+            if self.free + self.lru_blocks - before >= blocks:
+                break
+            if not lease.demoted:
+                self._apply(lease, self.retention.on_step(self._view(lease, now), memory), now)
+        return self.free + self.lru_blocks > before
+
     # ---- requests ------------------------------------------------------------------------------
 
     def add(self, req: Req, now: float) -> bool:
@@ -411,10 +428,24 @@ class SimEngine:
             attained_tokens=self.program_service.get(r.conv, 0),
         )
 
-    def _preempt(self, r: Req) -> None:
+    def _preempt(self, r: Req, now: float) -> None:
+        """`KVCacheManager.preempt`: the request's computed blocks stay in the prefix cache (it
+        will be recomputed from what survives there), unless the retention policy swaps them to
+        host memory as a demoted lease its next admission copies back."""
         self.running.remove(r)
-        self._release_to_cache(r.conv, min(r.blocks, r.computed // self.bs - r.shared))
-        self.free += r.blocks - min(r.blocks, max(0, r.computed // self.bs - r.shared))
+        own = min(r.blocks, max(0, r.computed // self.bs - r.shared))
+        self._release_to_cache(r.conv, own)
+        self.free += r.blocks - own
+        decide = getattr(self.retention, "on_preempt", None)
+        if own > 0 and decide is not None:
+            lease = Lease(r.conv, own, r.computed, now, r)
+            if decide(self._view(lease, now), self.memory_view()) is Decision.DEMOTE:
+                if r.conv in self.leases:
+                    self._end_lease(r.conv, now)
+                lease.demoted = True
+                self.leases[r.conv] = lease
+                self.demoted_blocks += own
+                self.swapped_blocks += own
         r.blocks = 0
         r.computed = 0
         r.shared = 0
@@ -449,9 +480,12 @@ class SimEngine:
                 i += 1
                 continue
             while need > self.free + self.lru_blocks:
-                self.blocked_blocks = max(self.blocked_blocks, need - self.free - self.lru_blocks)
+                missing = need - self.free - self.lru_blocks
+                self.blocked_blocks = max(self.blocked_blocks, missing)
                 victim = max(self.running[i:], key=lambda x: self.policy.sort_key(self._item(x)))
-                self._preempt(victim)
+                if self.reclaim(missing, victim.computed, now):
+                    continue  # leases yielded the blocks: no preemption
+                self._preempt(victim, now)
                 preempted = True
                 if victim is r:
                     break
@@ -476,8 +510,10 @@ class SimEngine:
             r = self.waiting[0]
             conv = r.conv
             lease = self.leases.get(conv)
-            if lease is not None and lease.demoted:
-                self._promote(lease, now)
+            if lease is not None and lease.demoted and not self._promote(lease, now):
+                # it waits for room to copy its KV back: recomputing it needs that room too
+                self.blocked_blocks = lease.blocks - self.free - self.lru_blocks
+                break
             # the cached prefix: shared prompt prefix, then this conversation's own blocks
             shared = self.shared.get(r.prefix_id, 0) if r.prefix_id else 0
             own_cached = lease.blocks if lease is not None and not lease.demoted else 0

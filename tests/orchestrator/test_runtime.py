@@ -207,6 +207,23 @@ async def test_a_cancelled_run_stops_and_says_so(compile, runtime_for, scripted)
     assert not await runtime.cancel(run)  # already over
 
 
+async def test_a_run_submitted_twice_under_one_id_runs_once(compile, runtime_for, scripted):
+    calls = []
+
+    async def count(call):
+        calls.append(call.key)
+        return ToolResult(True, "done", exit_code=0)
+
+    runtime = runtime_for(scripted(run_tool=count))
+    plan = compile(SLOW_TOOL.replace("TIMEOUT", "60"))
+    first = await runtime.submit(plan, {}, run_id="agentrun-uid-1")
+    again = await runtime.submit(plan, {}, run_id="agentrun-uid-1")
+    assert first == again == "agentrun-uid-1"
+    result = await runtime.wait(first)
+    assert result.status == "succeeded", result.error
+    assert calls == ["wait.exec"]
+
+
 async def test_inputs_are_checked_against_the_agent(compile, runtime_for, scripted):
     runtime, plan = runtime_for(scripted()), compile(LOOP)
     with pytest.raises(InputError, match="input 'question' is required"):

@@ -1,5 +1,7 @@
 """KV retention policies decide on plain data (the same calls the engine and simulator make)."""
 
+from dataclasses import replace
+
 from hetagent import policies
 from hetagent.policies.kv_retention import Decision, LeaseView, MemoryView
 from hetagent.policies.scheduling import QueueItem
@@ -51,10 +53,21 @@ def test_the_preview_variant_pins_two_seconds_for_quick_or_unknown_tools_only():
     assert policy.on_request_end(lease(tool="slow"), CALM) is Decision.RELEASE
 
 
-def test_a_lease_is_held_while_no_one_waits_for_memory():
+def test_without_pressure_a_lease_stays_only_while_its_tool_is_likely_back_soon():
     policy = policies.get("kv_retention", "lease")
-    teach(policy, "bash", 30.0)
-    assert policy.on_request_end(lease(), CALM) is Decision.HOLD
+    teach(policy, "quick", 0.01)
+    teach(policy, "build", 30.0)
+    assert policy.on_request_end(lease(tool="quick"), CALM) is Decision.HOLD
+    # away far longer than a copy back from host memory takes: the device memory is freed
+    assert policy.on_request_end(lease(tool="build"), CALM) is Decision.DEMOTE
+    assert policy.on_step(lease(tool="build", age=29.99, demoted=True), CALM) is Decision.PROMOTE
+
+
+def test_a_preempted_request_is_swapped_out_when_copying_beats_recomputing():
+    policy = policies.get("kv_retention", "lease")
+    assert policy.on_preempt(lease(tokens=2000), TIGHT) is Decision.DEMOTE
+    slow_link = policies.get("kv_retention", "lease", host_bytes_per_second=1e6)
+    assert slow_link.on_preempt(lease(tokens=2000), TIGHT) is Decision.RELEASE
 
 
 def test_under_pressure_a_lease_unlikely_to_be_needed_soon_moves_to_host_memory():
@@ -67,6 +80,15 @@ def test_under_pressure_a_lease_whose_tool_is_about_to_return_is_kept():
     policy = policies.get("kv_retention", "lease")
     teach(policy, "bash", 1.02)
     assert policy.on_step(lease(age=1.0), TIGHT) is Decision.HOLD
+
+
+def test_a_lease_worth_a_waiting_step_yields_to_a_running_request_facing_preemption():
+    policy = policies.get("kv_retention", "lease")
+    teach(policy, "bash", 1.02)
+    assert policy.on_step(lease(age=1.0), TIGHT) is Decision.HOLD
+    # the blocked request would recompute 8000 tokens: more than the lease's 2000 can save
+    assert policy.on_step(lease(age=1.0), replace(TIGHT, preempt_tokens=8000)) is Decision.DEMOTE
+    assert policy.on_step(lease(age=1.0), replace(TIGHT, preempt_tokens=100)) is Decision.HOLD
 
 
 def test_a_demoted_lease_is_brought_back_before_its_tool_returns():

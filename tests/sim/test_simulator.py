@@ -115,6 +115,22 @@ def test_oracle_holds_only_what_returns_before_a_reprefill_would(config, program
     assert long_run.pinned_idle_gb_s < 1e-3  # released at once under pressure
 
 
+@pytest.mark.parametrize(("kv", "preempted"), [("lease", False), ("fixed-ttl", True)])
+def test_a_lease_yields_before_a_running_request_is_preempted(
+    config, program, trace, kv, preempted
+):
+    # a's KV waits out a 300 s tool call while c's decode grows past the memory a's lease leaves
+    cap = CAP_70B_2XH100
+    t = trace(
+        program("a", 0.0, (int(0.4 * cap), 8, 300.0), (64, 8, None)),
+        program("c", 2.0, (int(0.3 * cap), int(0.4 * cap), None)),
+    )
+    options = {"seconds": 600.0} if kv == "fixed-ttl" else {}
+    _, metrics = _run(t, config(kv, model="llama-3.1-70b", devices=2, **options))
+    assert metrics.completed == 2
+    assert (metrics.preemptions > 0) is preempted
+
+
 def test_evict_reuses_cached_prefix_when_memory_is_free(config, program, trace):
     t = trace(program("a", 0.0, (4000, 20, 1.0), (100, 20, None)))
     sim, metrics = _run(t, config("evict"))

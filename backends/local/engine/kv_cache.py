@@ -89,19 +89,21 @@ class KVCacheManager:
         self.prefix_hits = 0
         self.swapped_out_blocks = 0
         self.swapped_in_blocks = 0
+        self.now = 0.0  # the engine clock at the last step
 
     # ---- admission and steps -------------------------------------------------------------
 
-    def get_computed_blocks(self, request: Request) -> list[int]:
+    def get_computed_blocks(self, request: Request) -> list[int] | None:
         """Blocks of the prefix cache that already hold the start of `request`'s tokens (not yet
-        referenced). A demoted lease of the request's program is brought back first if the pool
-        has room. At least one token is always left to compute (its logits are needed)."""
+        referenced). A demoted lease of the request's program is brought back first; None while
+        the pool has no room for it (the request waits: recomputing would need that room too).
+        At least one token is always left to compute (its logits are needed)."""
         if request.num_computed_tokens or request.imported_blocks is not None:
             return []
         program = request.hints.program_id
         lease = self.leases.get(program) if program is not None else None
-        if lease is not None and lease.demoted:
-            self._promote(lease)
+        if lease is not None and lease.demoted and not self._promote(lease):
+            return None
         tokens = request.all_token_ids
         blocks: list[int] = []
         parent = ROOT_HASH
@@ -171,9 +173,17 @@ class KVCacheManager:
     def block_table(self, request: Request) -> list[int]:
         return self.tables[request.request_id]
 
-    def preempt(self, request: Request) -> None:
-        """Drop a running request's blocks (they stay in the prefix cache until evicted); it
-        will be recomputed."""
+    def preempt(self, request: Request, running: int) -> None:
+        """Take a running request's blocks. They stay in the prefix cache until evicted, and it
+        is recomputed from what survives there; unless the retention policy (`on_preempt`)
+        swaps them to host memory as a demoted lease of its program, which its next admission
+        copies back."""
+        lease = self._lease_of(request, self.now)
+        decide = getattr(self.retention, "on_preempt", None)
+        if lease is not None and decide is not None:
+            memory = self._memory(blocked=0, running=running)
+            if decide(self._view(lease, self.now), memory) is Decision.DEMOTE:
+                self._keep(lease, Decision.DEMOTE)
         self._free_sequence(request.request_id)
         request.num_computed_tokens = 0
         request.imported_blocks = None
@@ -188,12 +198,20 @@ class KVCacheManager:
         if request.keep_kv and request.finish_reason != "abort":
             self.kept[rid] = request
             return
-        program = request.hints.program_id
-        if program is None or request.finish_reason == "abort":
-            self._free_sequence(rid)
-            return
-        full = len(self.hashes[rid])
-        lease = Lease(
+        lease = self._lease_of(request, now) if request.finish_reason != "abort" else None
+        if lease is not None:
+            decision = self.retention.on_request_end(self._view(lease, now), memory)
+            if decision is not Decision.RELEASE:
+                self._keep(lease, decision)
+        self._free_sequence(rid)
+
+    def _lease_of(self, request: Request, now: float) -> Lease | None:
+        """A lease on the request's full computed blocks (None without a program or a block)."""
+        program, rid = request.hints.program_id, request.request_id
+        full = len(self.hashes.get(rid, []))
+        if program is None or full == 0:
+            return None
+        return Lease(
             program_id=program,
             hints=request.hints,
             started=now,
@@ -201,21 +219,20 @@ class KVCacheManager:
             hashes=list(self.hashes[rid]),
             blocks=self.tables[rid][:full],
         )
-        decision = self.retention.on_request_end(self._view(lease, now), memory)
-        if decision is Decision.RELEASE or full == 0:
-            self._free_sequence(rid)
-            return
+
+    def _keep(self, lease: Lease, decision: Decision) -> None:
+        """Make `lease` its program's (before the request's own references go)."""
         self.pool.touch(lease.blocks)  # the lease's own references
-        self._free_sequence(rid)
-        if program in self.leases:  # an older turn's lease: the newer state supersedes it
-            self._end_lease(program)
-        self.leases[program] = lease
+        if lease.program_id in self.leases:  # an older lease: the newer state supersedes it
+            self._end_lease(lease.program_id)
+        self.leases[lease.program_id] = lease
         self._apply(lease, decision)
 
     def step(self, now: float, memory: MemoryView) -> None:
         """Consult the retention policy on every lease. If nothing runs and a waiting request is
         blocked on memory that leases hold on the device, leases are released oldest first
         whatever the policy says: the engine never idles with work waiting on held memory."""
+        self.now = now
         for lease in list(self.leases.values()):
             self._apply(lease, self.retention.on_step(self._view(lease, now), memory))
         if memory.running == 0 and memory.blocked_blocks > 0:
@@ -226,6 +243,33 @@ class KVCacheManager:
                 if not lease.demoted:
                     missing -= len(lease.blocks)
                     self._end_lease(lease.program_id)
+
+    def reclaim(self, blocks: int, preempt_tokens: int, running: int) -> bool:
+        """A running request is `blocks` short and the scheduler would preempt one that has
+        computed `preempt_tokens` tokens: before it does, every device lease is asked again
+        under that pressure, oldest first, until enough is freed. True if any block came free
+        (the scheduler retries; a policy that holds everything leaves preemption to go on)."""
+        memory = self._memory(blocks, running, preempt_tokens)
+        before = self.pool.num_free
+        for lease in sorted(self.leases.values(), key=lambda x: x.started):
+            if self.pool.num_free - before >= blocks:
+                break
+            if not lease.demoted:
+                self._apply(lease, self.retention.on_step(self._view(lease, self.now), memory))
+        return self.pool.num_free > before
+
+    def _memory(self, blocked: int, running: int, preempt_tokens: int = 0) -> MemoryView:
+        stats = self.stats()
+        return MemoryView(
+            total_blocks=stats.num_blocks,
+            free_blocks=stats.free_blocks,
+            leased_blocks=stats.leased_blocks,
+            demoted_blocks=stats.demoted_blocks,
+            blocked_blocks=blocked,
+            running=running,
+            bytes_per_block=self.bytes_per_block,
+            preempt_tokens=preempt_tokens,
+        )
 
     def announce_tool(self, program_id: str, tool: str, seconds: float | None) -> None:
         """The program runs `tool` now (known once its reply is parsed): what its lease's

@@ -3,7 +3,8 @@
 Each step first gives every running request its next tokens (1 while decoding, a chunk while
 prefilling), then admits waiting requests in the `scheduling` policy's order while the token
 budget, the sequence limit and free KV blocks allow. So one step mixes decodes with chunked
-prefills. When a running request cannot get a block, the lowest-ranked running request is
+prefills. When a running request cannot get a block, the programs' KV leases are asked to yield
+first (`KVCacheManager.reclaim`); only if they hold is the lowest-ranked running request
 preempted by recompute: its blocks are dropped (they stay in the prefix cache) and it waits again.
 """
 
@@ -97,9 +98,12 @@ class Scheduler:
             request = self.running[i]
             n = min(request.num_new_tokens, budget)
             while not self.kv.allocate_slots(request, n):
-                self.blocked_blocks = max(self.blocked_blocks, self.kv.can_allocate(request, n, []))
+                missing = self.kv.can_allocate(request, n, [])
+                self.blocked_blocks = max(self.blocked_blocks, missing)
                 candidates = self.running[i:]
                 victim = max(candidates, key=lambda r: self.policy.sort_key(self._item(r)))
+                if self.kv.reclaim(missing, victim.num_computed_tokens, len(self.running)):
+                    continue  # leases yielded the blocks: no preemption
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is request:
@@ -118,6 +122,9 @@ class Scheduler:
             request = self.waiting[0]
             first = request.num_computed_tokens == 0 and not request.preempted
             computed = self.kv.get_computed_blocks(request)
+            if computed is None:  # its KV waits in host memory for room to come back
+                self.blocked_blocks = self.kv.leases[request.hints.program_id].num_blocks
+                break
             cached = len(computed) * self.kv.block_size
             n = min(request.num_tokens - request.num_computed_tokens - cached, budget)
             missing = self.kv.can_allocate(request, n, computed)
@@ -139,7 +146,7 @@ class Scheduler:
 
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
-        self.kv.preempt(request)
+        self.kv.preempt(request, len(self.running))
         request.status = Status.WAITING
         request.preempted = True
         request.num_preemptions += 1

@@ -75,6 +75,29 @@ def test_preemption_by_recompute_keeps_greedy_outputs(make_engine, smollm):
         assert got == reference.output_token_ids
 
 
+def test_preemption_by_swap_to_host_keeps_greedy_outputs(make_engine, smollm):
+    prompts = [
+        [{"role": "user", "content": f"Count from {i} to {i + 20}, one number per line."}]
+        for i in (1, 30, 60)
+    ]
+    alone = [
+        make_engine(smollm, block_size=16, num_blocks=64).generate(messages=p, params=greedy(40))
+        for p in prompts
+    ]
+    tight = make_engine(smollm, block_size=16, num_blocks=9, kv_retention="lease")
+    ids = [
+        tight.add_request(messages=p, params=greedy(40), hints=Hints(program_id=f"p{i}"))
+        for i, p in enumerate(prompts)
+    ]
+    done = tight.run_until_done()
+    stats = tight.metrics().kv
+    assert tight.counters.preemptions > 0
+    assert stats.swapped_out_blocks > 0 and stats.swapped_in_blocks > 0  # copied, not recomputed
+    for rid, reference in zip(ids, alone, strict=True):
+        got = [t for out in done[rid] for t in out.new_token_ids]
+        assert got == reference.output_token_ids
+
+
 def test_export_then_import_decodes_on_a_second_engine_like_one_engine(make_engine, smollm):
     whole = make_engine(smollm, block_size=16).generate(messages=QUESTION, params=greedy(20))
 

@@ -116,6 +116,30 @@ def test_lease_held_across_short_tool_call_saves_prefill(make_engine, tiny_model
     assert held.num_forward_tokens == evicted.num_forward_tokens - 32
 
 
+# a host link too slow to be worth copying over: `lease` keeps its KV on the device until
+# memory is needed, then releases it
+SLOW_HOST = {"host_bytes_per_second": 1e3}
+
+
+@pytest.mark.parametrize(
+    ("policy", "options", "preempted"),
+    [("lease", SLOW_HOST, False), ("fixed-ttl", {"seconds": 60.0}, True)],
+)
+def test_a_lease_yields_its_blocks_before_a_running_request_is_preempted(
+    make_engine, tiny_model, clock, policy, options, preempted
+):
+    engine = make_engine(
+        tiny_model, num_blocks=20, kv_retention=policy, kv_retention_options=options
+    )
+    engine.generate(tokens(0, 32), greedy(3), Hints(program_id="p", tool="bash"))
+    assert engine.metrics().kv.leased_blocks == 8  # held: nobody needs the memory yet
+    clock.advance(1.0)
+    # 40 prompt + 24 output tokens need 16 blocks; 12 are free, so it runs short while decoding
+    other = engine.generate(tokens(100, 40), greedy(24))
+    assert other.finished
+    assert (engine.counters.preemptions > 0) is preempted
+
+
 def test_lease_is_released_by_policy_after_its_ttl(make_engine, tiny_model, clock):
     engine = make_engine(
         tiny_model, kv_retention="fixed-ttl", kv_retention_options={"seconds": 2.0}

@@ -1,0 +1,1 @@
+"""The Ray backend: a plan's pools on a Ray cluster (`backend.RayBackend`)."""
