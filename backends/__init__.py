@@ -13,10 +13,12 @@ def make_backend(
     *,
     kv_memory_mb: float = 256.0,
     address: str | None = None,
+    pools: list[str] | None = None,
 ) -> Any:
     """The backend `hetagent run`, `serve` and the operator execute on: `local` (this process)
-    or `ray` (`address`: "auto", "ray://HOST:PORT", or None to start a local Ray). ValueError,
-    one line, for a name or an address that cannot be used."""
+    or `ray` (`address`: "auto", "ray://HOST:PORT", or None to start a local Ray, which offers
+    `pools` when given: a local Ray cannot add resources once started). ValueError, one line,
+    for a name or an address that cannot be used."""
     if name == "local":
         if address is not None:
             raise ValueError("--address is for --backend ray; the local backend runs in process")
@@ -26,5 +28,6 @@ def make_backend(
     if name == "ray":
         from hetagent.backends.ray.backend import RayBackend
 
-        return RayBackend(policies, kv_memory_mb=kv_memory_mb, address=address)
+        offered = {pool: 1 for pool in pools} if pools else None
+        return RayBackend(policies, kv_memory_mb=kv_memory_mb, address=address, pools=offered)
     raise ValueError(f"unknown backend {name!r}; use {' or '.join(BACKENDS)}")

@@ -6,8 +6,10 @@ evaluation runs 64 concurrent agents): low fits every program's KV in memory wit
 medium about fills it, high is twice that. Each run has `PROGRAMS_PER_SLOT` x concurrency
 programs. Each KV policy runs with the scheduler it comes
 with: `evict` with per-request FCFS (vLLM), `fixed-ttl` (2 s, Continuum's flat pin) with
-program FCFS, `continuum` with Continuum's scheduler when registered, `lease` with PLAS when
-registered, and the `oracle` (true tool durations; simulator only) with lease's scheduler.
+program FCFS, `continuum` with Continuum's scheduler when registered (else program FCFS).
+`lease` and the `oracle` (true tool durations; simulator only) run with continuum's scheduler,
+so that their ratios measure the KV policy alone; `lease-plas` is lease with PLAS (Autellix's
+least attained service), the pairing the research brief suggests.
 Ratios are against `continuum` measured in the same run; a policy the registry does not have
 yet (`hetagent.policies`) is reported as missing rather than run.
 
@@ -68,7 +70,7 @@ def _sched(preferred: str) -> str:
 
 def candidates() -> list[dict[str, Any]]:
     """The policies to compare: (label, kv name, kv options, scheduling name)."""
-    lease_sched = _sched("plas")
+    lease_sched = _sched("continuum")
     return [
         {"label": "evict", "kv": "evict", "options": {}, "sched": "fcfs"},
         {"label": "fixed-ttl", "kv": "fixed-ttl", "options": {"seconds": 2.0},
@@ -77,6 +79,7 @@ def candidates() -> list[dict[str, Any]]:
         {"label": "continuum-preview", "kv": "continuum-preview", "options": {},
          "sched": _sched("continuum")},
         {"label": "lease", "kv": "lease", "options": {}, "sched": lease_sched},
+        {"label": "lease-plas", "kv": "lease", "options": {}, "sched": _sched("plas")},
         {"label": "oracle", "kv": "oracle", "options": {}, "sched": lease_sched},
     ]  # fmt: skip
 

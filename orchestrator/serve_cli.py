@@ -105,7 +105,9 @@ def serve(
         loaded.append(this_machine())
     if not base_dir.is_dir():
         raise _fail(f"--base-dir {base_dir}: not a directory")
-    chosen = _backend(backend, kv_memory_mb, address)
+    chosen = _backend(
+        backend, kv_memory_mb, address, [p.name for c in loaded for p in c.spec.pools]
+    )
     try:
         tenants = load_tenants(tokens)
     except ValueError as error:
@@ -144,11 +146,11 @@ def serve(
         raise typer.Exit(1)
 
 
-def _backend(name: str, kv_memory_mb: float, address: str | None):
+def _backend(name: str, kv_memory_mb: float, address: str | None, pools: list[str]):
     from hetagent.backends import make_backend
 
     try:
-        return make_backend(name, kv_memory_mb=kv_memory_mb, address=address)
+        return make_backend(name, kv_memory_mb=kv_memory_mb, address=address, pools=pools)
     except ValueError as error:
         raise _fail(f"--backend {name}: {error}") from None
 

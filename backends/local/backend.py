@@ -10,6 +10,7 @@ from its documents on first use.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -128,19 +129,7 @@ class LocalBackend:
         return out
 
     async def chat(self, call: ChatCall) -> ChatResult:
-        params = SamplingParams(
-            max_tokens=call.max_tokens,
-            temperature=call.temperature,
-            seed=call.seed,
-            response_schema=call.response_schema,
-        )
-        hints = EngineHints(
-            program_id=call.hints.program,
-            turn=call.hints.turn,
-            last_turn=call.hints.last_turn,
-            tool=call.hints.tool,
-            tool_seconds=call.hints.tool_seconds,
-        )
+        params, hints = request_parts(call)
         decode = await self.engine(call.decode_pool, call.model, call.policies)
         self.programs[call.hints.program] = decode  # where its lease lives
         if call.prefill_pool == call.decode_pool:
@@ -261,12 +250,33 @@ class LocalBackend:
             )
         key = (str(index.documents), index.name)
         if key not in self._indexes:
-            name = f"{index.documents.name}-{index.name}"
+            # named by what it indexes: a directory, a file or a glob (`docs/*.md`)
+            where = hashlib.sha256(str(index.documents).encode()).hexdigest()[:12]
+            name = f"{index.name}-{where}"
             self._indexes[key] = await asyncio.to_thread(
                 ensure_index, name, index.documents, chunk_tokens=index.chunk_tokens
             )
         hits = await asyncio.to_thread(self._indexes[key].query, call.query, call.k)
         return [RetrievedDocument(hit.text, hit.source, float(hit.score)) for hit in hits]
+
+
+def request_parts(call: ChatCall) -> tuple[SamplingParams, EngineHints]:
+    """The engine's sampling parameters and program hints for a call (every backend that runs
+    the embedded engine builds them here)."""
+    params = SamplingParams(
+        max_tokens=call.max_tokens,
+        temperature=call.temperature,
+        seed=call.seed,
+        response_schema=call.response_schema,
+    )
+    hints = EngineHints(
+        program_id=call.hints.program,
+        turn=call.hints.turn,
+        last_turn=call.hints.last_turn,
+        tool=call.hints.tool,
+        tool_seconds=call.hints.tool_seconds,
+    )
+    return params, hints
 
 
 def _weights_name(model: ModelSpec) -> str:

@@ -55,7 +55,7 @@ class EngineActor(_Actor):
         No reference when the call ended at its first token."""
         import ray
 
-        from hetagent.backends.local.backend import _follow
+        from hetagent.backends.local.backend import _follow, request_parts
 
         engine = await self._engine(call.model)
         params, hints = request_parts(call)
@@ -76,7 +76,7 @@ class EngineActor(_Actor):
     async def decode(self, kv: list[Any], call: ChatCall, first: ChatResult) -> ChatResult:
         """The rest of a call another engine prefilled: fetch its KV from the object store,
         import it, decode on."""
-        from hetagent.backends.local.backend import _follow
+        from hetagent.backends.local.backend import _follow, request_parts
 
         engine = await self._engine(call.model)
         fetching = time.perf_counter()
@@ -109,27 +109,14 @@ class EngineActor(_Actor):
     async def stats(self) -> list[dict[str, Any]]:
         return self.local.stats()
 
+    async def counters(self) -> dict[str, Any]:
+        """The engine's totals since it loaded: tokens, steps, finished requests by reason."""
+        from dataclasses import asdict
 
-def request_parts(call: ChatCall):
-    """The engine's sampling parameters and program hints for a call (what `LocalBackend.chat`
-    builds the same way)."""
-    from hetagent.backends.local.engine.batch import SamplingParams
-    from hetagent.backends.local.engine.request import Hints as EngineHints
-
-    params = SamplingParams(
-        max_tokens=call.max_tokens,
-        temperature=call.temperature,
-        seed=call.seed,
-        response_schema=call.response_schema,
-    )
-    hints = EngineHints(
-        program_id=call.hints.program,
-        turn=call.hints.turn,
-        last_turn=call.hints.last_turn,
-        tool=call.hints.tool,
-        tool_seconds=call.hints.tool_seconds,
-    )
-    return params, hints
+        return {
+            "/".join(key[1:]): asdict(engine.metrics().counters)
+            for key, engine in self.local.engines.items()
+        }
 
 
 class ToolExecutor(_Actor):

@@ -25,11 +25,15 @@ it (as the local backend does) and a resumed run repeats only the step that neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import os
+import socket
 import threading
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +140,7 @@ class RayBackend:
                     "include_dashboard": False,
                 }
             if self.address not in (None, "auto"):
+                _check_reachable(self.address)
                 _use_token_if_present()
             try:  # "local": a new Ray, never one somebody's `ray start` left on this machine
                 ray.init(address=self.address or "local", **options)
@@ -350,11 +355,12 @@ class RayBackend:
 
     @staticmethod
     def _forget(actors: dict, key: Any) -> Callable[[], None]:
-        """Drop a handle whose actor is gone for good, so the next call looks the name up
-        again (and makes the actor anew)."""
+        """Drop the handle of an actor that died, so the next call looks its name up again:
+        the actor Ray restarted, or (restarts used up, killed) a new one."""
         return lambda: actors.pop(key, None)
 
 
+CONNECT_TIMEOUT_S = 5.0
 READY_WAIT_S = 120.0  # how long a restarting actor may take to come back
 
 
@@ -380,6 +386,10 @@ async def _result(ref: Any, what: str, forget: Callable[[], None]) -> Any:
     a ValueError or OSError of a tool means); a dead actor is an ExecutorLost naming it."""
     try:
         return await ref
+    except asyncio.CancelledError:  # the run was cancelled or timed out: so is the call
+        with contextlib.suppress(RayError):  # already finished: nothing left to stop
+            ray.cancel(ref)  # an async actor's coroutine is cancelled: an engine aborts
+        raise
     except RayTaskError as error:
         cause = getattr(error, "cause", None)
         if isinstance(cause, Exception) and not isinstance(cause, RayError):
@@ -410,7 +420,27 @@ def _use_token_if_present() -> None:
         )
     except ImportError:  # another Ray: it knows its own way
         return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    logger = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # not its notice that the cluster uses tokens
+    try:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        logger.setLevel(level)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once on an address nobody listens at: Ray itself retries for minutes."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"Ray address {address!r}: give auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise ConnectionError(
+            f"cannot reach Ray at {address}: {error.strerror or error}; is the cluster up?"
+        ) from None
 
 
 def _line(error: BaseException | str) -> str:
@@ -420,6 +450,4 @@ def _line(error: BaseException | str) -> str:
 
 def _absolute(call: ToolCall) -> ToolCall:
     """The workspace as an absolute path: the executor's working directory is not ours."""
-    from dataclasses import replace
-
     return replace(call, workspace=Path(call.workspace).resolve())

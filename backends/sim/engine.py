@@ -10,8 +10,10 @@ What it keeps from the real engine, step for step:
 - the KV manager (`engine/kv_cache.py`): a finished turn's full blocks become a lease the
   `kv_retention` policy decides on (`on_request_end`), every lease is re-decided every step
   (`on_step`) and on idle ticks, a turn's arrival is told to the policy (`on_turn_arrival`),
-  released blocks fall into an LRU prefix cache, demoted leases come back on admission, and with
-  nothing running and a request blocked on memory, leases are released oldest first;
+  released blocks fall into an LRU prefix cache, demoted leases come back on admission (the
+  request waits for the room), a preempted request's KV goes to host memory if the policy says
+  so (`on_preempt`), and with nothing running and a request blocked on memory, leases are
+  released oldest first;
 - the same policy objects (`hetagent.policies.get`), seeing the same `LeaseView`/`MemoryView`.
 
 What it models rather than computes: a conversation's cached prefix is a count of blocks (a

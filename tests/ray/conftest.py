@@ -1,4 +1,4 @@
-"""One local Ray for the whole session (each start costs seconds on this machine), started by a
+"""One local Ray per test module (each start costs seconds on this machine), started by a
 `RayBackend` with every pool the tests place work on; each test's backend uses that Ray, and
 shares its named engine actors (a model loads once)."""
 
@@ -16,9 +16,10 @@ LOCAL = ROOT / "examples/clusters/local.yaml"
 POOLS = {"cpu": 1, "a": 1, "b": 1}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """The backend that started the session's Ray (and shuts it down at the end)."""
+    """The backend that started the module's Ray (and shuts it down after its tests, so the
+    rest of the suite does not share the machine with its engines)."""
     import asyncio
 
     from hetagent.backends.ray.backend import RayBackend
@@ -31,16 +32,12 @@ def local_ray():
 
 @pytest.fixture
 def ray_backend(local_ray):
-    """A fresh backend (per test: its locks belong to the test's event loop) on the session's
-    Ray."""
+    """Backends of a test on the module's Ray (each test closes its runtimes, which kills
+    their tool executors; the engines stay for the next test)."""
     from hetagent.backends.ray.backend import RayBackend
 
-    made = []
-
     def make(policies=None, **options) -> RayBackend:
-        backend = RayBackend(policies, kv_memory_mb=64, **options)
-        made.append(backend)
-        return backend
+        return RayBackend(policies, kv_memory_mb=64, **options)
 
     return make
 

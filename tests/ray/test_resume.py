@@ -3,6 +3,7 @@ finished by a second driver: another process with the same run store, on the sam
 (started here with `ray start --head`). Steps that finished before the kill never run again."""
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -53,17 +54,19 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A Ray head offering the pool `cpu` (resource and label), as a cluster's node would;
-    its GCS address and its Ray Client address. Stopped by the ids of the processes it
+    its GCS address and its Ray Client address (ray://). Stopped by the ids of the processes it
     started (never `ray stop`: other Rays on this machine are not ours)."""
     port, client = _free_port(), _free_port()
+    # Ray Client (ray://) needs `ray[client]` (grpcio); without it both drivers use the GCS
+    with_client = importlib.util.find_spec("grpc") is not None
     log = tmp_path_factory.mktemp("ray-head") / "head.log"
     command = [
         str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-        f"--port={port}", f"--ray-client-server-port={client}", "--num-cpus=2",
+        f"--port={port}", "--num-cpus=2",
         f"--resources={json.dumps({pool_resource('cpu'): 1})}",
         f"--labels={pool_label('cpu')}=true", "--include-dashboard=false",
         f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats",
-    ]  # fmt: skip
+    ] + ([f"--ray-client-server-port={client}"] if with_client else [])  # fmt: skip
     with log.open("w") as out:
         head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + BOUND_S
@@ -72,7 +75,10 @@ def cluster(tmp_path_factory):
             assert head.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the Ray head never started"
             time.sleep(0.1)
-        yield f"127.0.0.1:{port}", f"ray://127.0.0.1:{client}"
+        yield (
+            f"127.0.0.1:{port}",
+            (f"ray://127.0.0.1:{client}" if with_client else f"127.0.0.1:{port}"),
+        )
     finally:
         processes = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
         for process in processes:

@@ -5,7 +5,9 @@ move bytes (demote/promote, export/import). The scheduler asks it for a request'
 and for blocks for each step; the engine hands it a finished request, and if the request belongs
 to a program the `kv_retention` policy decides whether the program's full blocks are held
 (a *lease*), demoted to host memory, or released into the LRU prefix cache. Every engine step the
-policy is consulted again for every live lease.
+policy is consulted again for every live lease, and once more before the scheduler preempts a
+running request (`reclaim`); a preempted request's blocks may become a demoted lease too
+(`on_preempt`: swapped out rather than recomputed).
 """
 
 from __future__ import annotations
