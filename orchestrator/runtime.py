@@ -636,13 +636,15 @@ class _Execution:
         turn = turns[-1] if turns else 1
         looping = spec.type == "agent"
         last = not looping or turn >= spec.max_turns
+        max_tokens = decode.attributes.get("max_tokens") or spec.max_tokens
         schema = None
         if looping:
             tools = await self._tool_schemas(spec.tools)
             messages = _first_messages(scope, node, env[tokenize.inputs[0]], tools)
             # the last turn may only answer (a tool call there could never run); a token is at
-            # least a character, so an answer this long closes its JSON within max_tokens
-            schema = action_schema({} if last else tools, max(16, spec.max_tokens - 16))
+            # least a character, so an answer this long closes its JSON within the call's
+            # max_tokens
+            schema = action_schema({} if last else tools, max(16, max_tokens - 16))
         else:
             messages = [
                 {"role": m["role"], "content": scope.render(m["content"])} for m in node["messages"]
@@ -651,7 +653,7 @@ class _Execution:
             key=key,
             model=model,
             messages=messages,
-            max_tokens=decode.attributes.get("max_tokens") or spec.max_tokens,
+            max_tokens=max_tokens,
             temperature=spec.temperature,
             hints=Hints(program=self.program(tokenize.node), turn=turn, last_turn=last),
             prefill_pool=by_kind["llm.prefill"].pool,

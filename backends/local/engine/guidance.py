@@ -55,7 +55,8 @@ class JsonGuide:
 
     def __init__(self, tokenizer: Tokenizer, schema: dict[str, Any]):
         ll = _ll_tokenizer(tokenizer)
-        grammar = _grammar(tokenizer, json.dumps(schema, sort_keys=True))
+        # not sorted: the grammar follows the schema's property order (`tool` before `arguments`)
+        grammar = _grammar(tokenizer, json.dumps(schema))
         self.matcher = llguidance.LLMatcher(ll, grammar)
         self.stop_token_ids = set(tokenizer.stop_token_ids)
         self.mask = llguidance.torch.allocate_token_bitmask(1, ll.vocab_size)

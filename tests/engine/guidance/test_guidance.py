@@ -66,3 +66,11 @@ def test_a_token_the_schema_forbids_is_refused(tokenizer):
     guide = JsonGuide(tokenizer, SCHEMA)
     with pytest.raises(GuideError, match="not allowed"):
         guide.accept(tokenizer.encode("hello")[0])
+
+
+def test_a_tool_call_in_the_schemas_own_key_order_is_accepted(tokenizer):
+    # the grammar follows the schema's property order, as the prompt's example writes it
+    guide = JsonGuide(tokenizer, SCHEMA)
+    for token in tokenizer.encode('{"tool":"python","arguments":{"code":"print(6 * 7)"}}'):
+        guide.accept(token)
+    assert guide.finished
