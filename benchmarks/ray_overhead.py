@@ -32,31 +32,14 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "ray_overhead.json"
-LOCAL = HERE.parent / "examples/clusters/local.yaml"
 
 
 def chain_plan(steps: int, workdir: Path):
     """A chain of instant tool steps (each after the one before), placed on the pool `cpu`."""
-    import hetagent
-    from hetagent.compiler import compile_plan
-    from hetagent.planner.plan import plan_agent
+    from runtime_overhead import chain_plan as chain  # this folder is on the script's path
 
-    nodes = [
-        f"    - {{name: t{i}, type: tool, tool: files.write, "
-        f"args: {{path: log, content: 'x', append: true}}"
-        + (f", dependsOn: [t{i - 1}]" if i else "")
-        + "}"
-        for i in range(steps)
-    ]
-    text = (
-        "apiVersion: hetagent.dev/v1alpha1\nkind: AgentGraph\nmetadata: {name: chain}\n"
-        "spec:\n  nodes:\n" + "\n".join(nodes) + "\n  outputs:\n"
-        f"    out: ${{nodes.t{steps - 1}.outputs.text}}\n"
-    )
-    path = workdir / f"chain-{steps}.yaml"
-    path.write_text(text)
-    graph, cluster = hetagent.load(path), hetagent.load(LOCAL)
-    return compile_plan(graph, plan_agent(graph, cluster).placement)
+    call = "tool: files.write, args: {path: log, content: 'x', append: true}"
+    return chain(steps, workdir, call=call)
 
 
 async def per_step(runtime, plan, steps: int, repeats: int) -> float:

@@ -76,11 +76,14 @@ class InstantBackend:
         return ToolResult(True, "ok", exit_code=0, stdout="ok")
 
 
-def chain_plan(steps: int, workdir: Path, kind: str = "tool"):
-    """A chain of tool steps, or of template steps (each reading the one before)."""
+def chain_plan(
+    steps: int, workdir: Path, kind: str = "tool", call: str = "tool: shell, args: {command: step}"
+):
+    """A chain of tool steps (each `call`, after the one before), or of template steps (each
+    reading the one before)."""
     if kind == "tool":
         nodes = [
-            f"    - {{name: t{i}, type: tool, tool: shell, args: {{command: step}}"
+            f"    - {{name: t{i}, type: tool, {call}"
             + (f", dependsOn: [t{i - 1}]" if i else "")
             + "}"
             for i in range(steps)

@@ -151,16 +151,7 @@ class LocalBackend:
         rest = await _follow(
             decode.decode_imported(data, replace(params, max_tokens=params.max_tokens - 1), hints)
         )
-        return ChatResult(
-            text=first.text + rest.text,
-            prompt_tokens=first.prompt_tokens,
-            output_tokens=first.output_tokens + rest.output_tokens,
-            cached_tokens=first.cached_tokens,
-            finish_reason=rest.finish_reason,
-            ttft_s=moved - started,
-            transfer_s=exported - moved,
-            transfer_bytes=len(data),
-        )
+        return joined(replace(first, ttft_s=moved - started), rest, exported - moved, len(data))
 
     async def announce_tool(
         self, program: str, model: ModelSpec, pool: str | None, tool: str, seconds: float
@@ -258,6 +249,21 @@ class LocalBackend:
             )
         hits = await asyncio.to_thread(self._indexes[key].query, call.query, call.k)
         return [RetrievedDocument(hit.text, hit.source, float(hit.score)) for hit in hits]
+
+
+def joined(first: ChatResult, rest: ChatResult, transfer_s: float, nbytes: int) -> ChatResult:
+    """A disaggregated call's result: the prefill engine's first token, then the decode engine's
+    rest, with the time and bytes of the KV moved between them."""
+    return ChatResult(
+        text=first.text + rest.text,
+        prompt_tokens=first.prompt_tokens,
+        output_tokens=first.output_tokens + rest.output_tokens,
+        cached_tokens=first.cached_tokens,
+        finish_reason=rest.finish_reason,
+        ttft_s=first.ttft_s,
+        transfer_s=transfer_s,
+        transfer_bytes=nbytes,
+    )
 
 
 def request_parts(call: ChatCall) -> tuple[SamplingParams, EngineHints]:

@@ -76,7 +76,7 @@ class EngineActor(_Actor):
     async def decode(self, kv: list[Any], call: ChatCall, first: ChatResult) -> ChatResult:
         """The rest of a call another engine prefilled: fetch its KV from the object store,
         import it, decode on."""
-        from hetagent.backends.local.backend import _follow, request_parts
+        from hetagent.backends.local.backend import _follow, joined, request_parts
 
         engine = await self._engine(call.model)
         fetching = time.perf_counter()
@@ -87,16 +87,8 @@ class EngineActor(_Actor):
         rest = await _follow(
             engine.decode_imported(data, replace(params, max_tokens=params.max_tokens - 1), hints)
         )
-        return ChatResult(
-            text=first.text + rest.text,
-            prompt_tokens=first.prompt_tokens,
-            output_tokens=first.output_tokens + rest.output_tokens,
-            cached_tokens=first.cached_tokens,
-            finish_reason=rest.finish_reason,
-            ttft_s=first.ttft_s,
-            transfer_s=(first.transfer_s or 0.0) + fetched,  # export, then the fetch
-            transfer_bytes=len(data),
-        )
+        # the transfer: the prefill actor's export, then this fetch
+        return joined(first, rest, (first.transfer_s or 0.0) + fetched, len(data))
 
     async def announce_tool(
         self, program: str, model: ModelSpec, tool: str, seconds: float
