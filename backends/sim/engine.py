@@ -210,7 +210,8 @@ class SimEngine:
         self.step_plan: list[tuple[Req, int]] = []
         self.span = 0  # >0: a run of `span` pure decode steps of `step_time` each
         self.step_time = 0.0
-        self.extra_time = 0.0  # host->device copies of demoted leases this step
+        self.extra_time = 0.0  # host<->device copies stalling this step
+        self.copy_seconds = 0.0  # copies made since the last step began
         self.generation = 0  # invalidates a step-done event whose span was cut
         # metrics
         self.busy_time = 0.0
@@ -317,6 +318,7 @@ class SimEngine:
             self._end_lease(lease.conv, now)
         elif decision is Decision.DEMOTE and not lease.demoted:
             self._note_pinned(now)
+            self.copy_seconds += lease.blocks * self.bytes_per_block / HOST_LINK_BYTES_PER_S
             lease.demoted = True
             self.leased_blocks -= lease.blocks
             self.demoted_blocks += lease.blocks
@@ -325,17 +327,24 @@ class SimEngine:
         elif decision is Decision.PROMOTE and lease.demoted:
             self._promote(lease, now)
 
+    def promotion_shortfall(self, lease: Lease) -> int:
+        """`KVCacheManager.promotion_shortfall`: blocks missing to bring a demoted lease back
+        (its blocks still cached come back as they are)."""
+        cached = self.lru.get(lease.conv, 0)
+        missing = lease.blocks - min(cached, lease.blocks)
+        return max(0, missing - (self.free + self.lru_blocks - cached))
+
     def _promote(self, lease: Lease, now: float) -> bool:
         cached = self.lru.get(lease.conv, 0)
         missing = lease.blocks - min(cached, lease.blocks)
-        if missing > self.free + self.lru_blocks - cached:
+        if self.promotion_shortfall(lease):
             return False
         self._note_pinned(now)
         if cached:
             revive = min(cached, lease.blocks)
             self._pop_lru(lease.conv, revive)
         self._take(missing, keep=lease.conv)
-        self.extra_time += missing * self.bytes_per_block / HOST_LINK_BYTES_PER_S
+        self.copy_seconds += missing * self.bytes_per_block / HOST_LINK_BYTES_PER_S
         lease.demoted = False
         self.demoted_blocks -= lease.blocks
         self.leased_blocks += lease.blocks
@@ -447,6 +456,7 @@ class SimEngine:
                 lease.demoted = True
                 self.leases[r.conv] = lease
                 self.demoted_blocks += own
+                self.copy_seconds += own * self.bytes_per_block / HOST_LINK_BYTES_PER_S
                 self.swapped_blocks += own
         r.blocks = 0
         r.computed = 0
@@ -514,7 +524,7 @@ class SimEngine:
             lease = self.leases.get(conv)
             if lease is not None and lease.demoted and not self._promote(lease, now):
                 # it waits for room to copy its KV back: recomputing it needs that room too
-                self.blocked_blocks = lease.blocks - self.free - self.lru_blocks
+                self.blocked_blocks = self.promotion_shortfall(lease)
                 break
             # the cached prefix: shared prompt prefix, then this conversation's own blocks
             shared = self.shared.get(r.prefix_id, 0) if r.prefix_id else 0
@@ -599,11 +609,12 @@ class SimEngine:
     def begin(self, now: float) -> float | None:
         """Plan the next step (or span of decode steps) at `now`; its duration, None if idle."""
         self.consult_leases(now)
-        self.extra_time = 0.0
         admitted_before = len(self.running)
         plan = self.schedule(now)
         if not plan:
             return None
+        # host<->device copies since the last step (demotions, swaps, promotions) stall this one
+        self.extra_time, self.copy_seconds = self.copy_seconds, 0.0
         prefill = prefix = batch = ctx = 0
         decoding = True
         for r, n in plan:

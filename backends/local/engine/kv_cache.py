@@ -309,8 +309,7 @@ class KVCacheManager:
         as they are, the others are allocated and copied from host memory."""
         found: list[int | None] = [self.pool.lookup(h) for h in lease.hashes]
         missing = [i for i, b in enumerate(found) if b is None]
-        revived = sum(1 for b in found if b is not None and self.pool.ref_counts[b] == 0)
-        if len(missing) > self.pool.num_free - revived:
+        if self.promotion_shortfall(lease.program_id):
             return False
         present = [b for b in found if b is not None]
         self.pool.touch(present)
@@ -324,6 +323,14 @@ class KVCacheManager:
         lease.blocks = [b for b in found if b is not None]
         lease.host = None
         return True
+
+    def promotion_shortfall(self, program_id: str) -> int:
+        """Blocks the pool lacks to bring the program's demoted lease back (0: it fits); blocks
+        still in the prefix cache come back as they are."""
+        found = [self.pool.lookup(h) for h in self.leases[program_id].hashes]
+        missing = sum(1 for b in found if b is None)
+        revived = sum(1 for b in found if b is not None and self.pool.ref_counts[b] == 0)
+        return max(0, missing - (self.pool.num_free - revived))
 
     def _end_lease(self, program_id: str) -> None:
         lease = self.leases.pop(program_id)

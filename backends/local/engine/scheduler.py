@@ -123,7 +123,7 @@ class Scheduler:
             first = request.num_computed_tokens == 0 and not request.preempted
             computed = self.kv.get_computed_blocks(request)
             if computed is None:  # its KV waits in host memory for room to come back
-                self.blocked_blocks = self.kv.leases[request.hints.program_id].num_blocks
+                self.blocked_blocks = self.kv.promotion_shortfall(request.hints.program_id)
                 break
             cached = len(computed) * self.kv.block_size
             n = min(request.num_tokens - request.num_computed_tokens - cached, budget)
