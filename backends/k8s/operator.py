@@ -13,10 +13,9 @@ started with (`--cluster`); else this machine's CPU.
 
 Restarts: runs live in the operator's durable run store. At start the operator resumes the
 unfinished ones (`Runtime.resume`), and an AgentRun whose status (or `hetagent.dev/run-id`
-annotation) already names a run is followed, never submitted again. The id is recorded right
-after the submit; a crash in between (before the API server has the id) would leave a run the
-AgentRun does not know of (resumed, not followed) and a second one submitted on restart.
-Closing that gap needs the run's id chosen before submitting: see the TODO at `_submit`.
+annotation) already names a run is followed, never submitted again. A run is named by its
+AgentRun's uid, so a crash between the submit and the status write cannot submit it twice either:
+submitting again finds the run of that id in the store.
 
 Why kopf rather than kr8s: kr8s is a client; an operator needs watches that survive reconnects,
 finalizers, per-object handler progress kept in the cluster (so a restarted operator neither
@@ -668,8 +667,13 @@ def run_operator(
     start with raises OperatorError (a ValueError) with one line saying what to fix."""
     if not base_dir.is_dir():
         raise OperatorError(f"--base-dir {base_dir}: not a directory")
-    if backend not in ("local", "ray"):
-        raise OperatorError(f"unknown backend {backend!r}; use local or ray")
+    from hetagent.backends import BACKENDS
+
+    if backend not in BACKENDS:
+        raise OperatorError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
+    if backend == "ray" and address is None:
+        # a local Ray offers only the pools it starts with; the namespaces' DevicePools vary
+        raise OperatorError("--backend ray needs --address (auto or ray://HOST:PORT)")
     config = OperatorConfig(
         namespace=namespace,
         db=db,

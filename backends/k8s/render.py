@@ -64,7 +64,9 @@ OPERATOR_RESOURCES = {"cpu": "500m", "memory": "1Gi"}
 CONFIGMAP_LIMIT = 1024 * 1024  # bytes: the API server's limit on a ConfigMap's data
 # Optional Secret a user creates for a durable run store shared by restarts (PostgreSQL URL);
 # without it each container keeps SQLite inside the pod, which a restart loses.
-DB_SECRET, DB_SECRET_KEY = "hetagent-db", "url"
+# Durable run stores (PostgreSQL URLs) a user may give in this Secret: one per component, since
+# each resumes every unfinished run of its store when it starts
+DB_SECRET = "hetagent-db"
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
@@ -541,11 +543,13 @@ def _control_plane(names: _Names, items: list[dict[str, str]], image: str) -> li
     selector = {k: labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
     selector["app.kubernetes.io/component"] = "control-plane"
     mount = {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}
-    # A user may give a durable run store (PostgreSQL URL) in a Secret; optional.
-    db = {
-        "name": "HETAGENT_DB",
-        "valueFrom": {"secretKeyRef": {"name": DB_SECRET, "key": DB_SECRET_KEY, "optional": True}},
-    }
+
+    def db(component: str) -> dict[str, Any]:
+        """The component's own run store from the Secret (key `<component>-url`), if given;
+        else SQLite inside the container, lost when it restarts."""
+        ref = {"name": DB_SECRET, "key": f"{component}-url", "optional": True}
+        return {"name": "HETAGENT_DB", "valueFrom": {"secretKeyRef": ref}}
+
     common = ["--backend", "ray", "--address", names.ray_address]
     common += ["--cluster", f"{CONFIG_DIR}/cluster.yaml", "--base-dir", CONFIG_DIR]
     server = {
@@ -554,7 +558,7 @@ def _control_plane(names: _Names, items: list[dict[str, str]], image: str) -> li
         "command": ["hetagent"],
         "args": ["serve", "--host", "0.0.0.0", "--port", str(SERVER_PORT), *common],
         "ports": [{"name": "http", "containerPort": SERVER_PORT}],
-        "env": [db],
+        "env": [db("server")],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
@@ -574,7 +578,7 @@ def _control_plane(names: _Names, items: list[dict[str, str]], image: str) -> li
                 "name": "POD_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
-            db,
+            db("operator"),
         ],
         "resources": {"requests": OPERATOR_RESOURCES, "limits": OPERATOR_RESOURCES},
         "volumeMounts": [mount],

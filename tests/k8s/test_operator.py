@@ -474,6 +474,7 @@ def test_operator_without_kubernetes_credentials_refuses_to_start_saying_what_to
     ("options", "complaint"),
     [
         ({"backend": "spark"}, "unknown backend 'spark'; use local or ray"),
+        ({"backend": "ray"}, "--backend ray needs --address"),
         ({"cluster": Path("no/such/cluster.yaml")}, "no/such/cluster.yaml"),
         ({"base_dir": Path("no/such/dir")}, "--base-dir no/such/dir: not a directory"),
     ],
