@@ -327,11 +327,12 @@ class SimEngine:
         elif decision is Decision.PROMOTE and lease.demoted:
             self._promote(lease, now)
 
-    def promotion_shortfall(self, lease: Lease) -> int:
-        """`KVCacheManager.promotion_shortfall`: blocks missing to bring a demoted lease back
-        (its blocks still cached come back as they are)."""
+    def promotion_shortfall(self, lease: Lease, chunk_tokens: int = 0) -> int:
+        """`KVCacheManager.promotion_shortfall`: blocks missing to bring a demoted lease back,
+        with `chunk_tokens` more after it (its blocks still cached come back as they are)."""
         cached = self.lru.get(lease.conv, 0)
         missing = lease.blocks - min(cached, lease.blocks)
+        missing += math.ceil(chunk_tokens / self.bs)
         return max(0, missing - (self.free + self.lru_blocks - cached))
 
     def _promote(self, lease: Lease, now: float) -> bool:
@@ -522,10 +523,15 @@ class SimEngine:
             r = self.waiting[0]
             conv = r.conv
             lease = self.leases.get(conv)
-            if lease is not None and lease.demoted and not self._promote(lease, now):
-                # it waits for room to copy its KV back: recomputing it needs that room too
-                self.blocked_blocks = self.promotion_shortfall(lease)
-                break
+            if lease is not None and lease.demoted:
+                # it waits for room to copy its KV back with its first chunk: recomputing needs
+                # that room too, and a lease brought back for a request that still cannot
+                # start would only be copied out again
+                chunk = max(1, min(r.num_tokens - lease.blocks * self.bs, budget))
+                short = self.promotion_shortfall(lease, chunk)
+                if short or not self._promote(lease, now):
+                    self.blocked_blocks = max(1, short)
+                    break
             # the cached prefix: shared prompt prefix, then this conversation's own blocks
             shared = self.shared.get(r.prefix_id, 0) if r.prefix_id else 0
             own_cached = lease.blocks if lease is not None and not lease.demoted else 0

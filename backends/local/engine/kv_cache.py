@@ -95,16 +95,22 @@ class KVCacheManager:
 
     # ---- admission and steps -------------------------------------------------------------
 
-    def get_computed_blocks(self, request: Request) -> list[int] | None:
+    def get_computed_blocks(self, request: Request, budget: int) -> list[int] | None:
         """Blocks of the prefix cache that already hold the start of `request`'s tokens (not yet
         referenced). A demoted lease of the request's program is brought back first; None while
-        the pool has no room for it (the request waits: recomputing would need that room too).
-        At least one token is always left to compute (its logits are needed)."""
+        the pool has no room for it and the request's first chunk (at most `budget` tokens):
+        the request waits, since recomputing would need that room too, and a lease brought
+        back for a request that still cannot start would only be copied out again. At least
+        one token is always left to compute (its logits are needed)."""
         if request.num_computed_tokens or request.imported_blocks is not None:
             return []
         program = request.hints.program_id
         lease = self.leases.get(program) if program is not None else None
-        if lease is not None and lease.demoted and not self._promote(lease):
+        if (
+            lease is not None
+            and lease.demoted
+            and (self.promotion_shortfall(request, budget) or not self._promote(lease))
+        ):
             return None
         tokens = request.all_token_ids
         blocks: list[int] = []
@@ -309,7 +315,8 @@ class KVCacheManager:
         as they are, the others are allocated and copied from host memory."""
         found: list[int | None] = [self.pool.lookup(h) for h in lease.hashes]
         missing = [i for i, b in enumerate(found) if b is None]
-        if self.promotion_shortfall(lease.program_id):
+        revived = sum(1 for b in found if b is not None and self.pool.ref_counts[b] == 0)
+        if len(missing) > self.pool.num_free - revived:
             return False
         present = [b for b in found if b is not None]
         self.pool.touch(present)
@@ -324,12 +331,16 @@ class KVCacheManager:
         lease.host = None
         return True
 
-    def promotion_shortfall(self, program_id: str) -> int:
-        """Blocks the pool lacks to bring the program's demoted lease back (0: it fits); blocks
-        still in the prefix cache come back as they are."""
-        found = [self.pool.lookup(h) for h in self.leases[program_id].hashes]
+    def promotion_shortfall(self, request: Request, budget: int) -> int:
+        """Blocks the pool lacks to bring the request's program's demoted lease back together
+        with the request's first chunk after it (0: both fit); blocks still in the prefix
+        cache come back as they are."""
+        lease = self.leases[request.hints.program_id]  # type: ignore[index]
+        found = [self.pool.lookup(h) for h in lease.hashes]
         missing = sum(1 for b in found if b is None)
         revived = sum(1 for b in found if b is not None and self.pool.ref_counts[b] == 0)
+        chunk = min(len(request.all_token_ids) - len(lease.token_ids), budget)
+        missing += math.ceil(max(1, chunk) / self.block_size)
         return max(0, missing - (self.pool.num_free - revived))
 
     def _end_lease(self, program_id: str) -> None:

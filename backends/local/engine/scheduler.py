@@ -121,9 +121,9 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
             first = request.num_computed_tokens == 0 and not request.preempted
-            computed = self.kv.get_computed_blocks(request)
+            computed = self.kv.get_computed_blocks(request, budget)
             if computed is None:  # its KV waits in host memory for room to come back
-                self.blocked_blocks = self.kv.promotion_shortfall(request.hints.program_id)
+                self.blocked_blocks = self.kv.promotion_shortfall(request, budget)
                 break
             cached = len(computed) * self.kv.block_size
             n = min(request.num_tokens - request.num_computed_tokens - cached, budget)

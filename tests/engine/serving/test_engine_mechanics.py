@@ -250,3 +250,25 @@ def test_export_needs_keep_kv_and_import_checks_the_block_size(make_engine, tiny
     with pytest.raises(ValueError, match="not a hetagent sequence export"):
         other.import_kv(b"garbage", greedy(2))
     assert not other.has_unfinished()
+
+
+def test_a_demoted_lease_stays_in_host_memory_until_its_request_can_start(
+    make_engine, tiny_model, clock
+):
+    engine = make_engine(tiny_model, num_blocks=20, kv_retention="lease")
+    turn0 = engine.generate(tokens(0, 32), greedy(3), Hints(program_id="p", tool="bash"))
+    engine.generate(tokens(100, 52), greedy(2))  # needs 13 of the 12 free blocks: p's KV goes
+    assert engine.metrics().kv.demoted_blocks == 8
+    engine.add_request(tokens(150, 40), greedy(30))  # runs a while on 10 of the 20 blocks
+    engine.step()
+    # p's next turn: its 8 blocks would fit again, but not with its first chunk after them
+    context = turn0.all_token_ids + tokens(200, 24)
+    engine.add_request(context, greedy(2), Hints(program_id="p", turn=1))
+    copied = engine.metrics().kv.swapped_out_blocks
+    for _ in range(5):
+        engine.step()
+    stats = engine.metrics().kv
+    assert (stats.swapped_out_blocks, stats.swapped_in_blocks) == (copied, 0)  # no ping-pong
+    done = engine.run_until_done()
+    assert all(outputs[-1].finished for outputs in done.values())
+    assert engine.metrics().kv.swapped_in_blocks > 0  # copied back once there was room
