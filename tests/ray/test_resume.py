@@ -3,7 +3,6 @@ finished by a second driver: another process with the same run store, on the sam
 (started here with `ray start --head`). Steps that finished before the kill never run again."""
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -53,12 +52,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A Ray head offering the pool `cpu` (resource and label), as a cluster's node would;
-    its GCS address and its Ray Client address (ray://). Stopped by the ids of the processes it
-    started (never `ray stop`: other Rays on this machine are not ours)."""
-    port, client = _free_port(), _free_port()
-    # Ray Client (ray://) needs `ray[client]` (grpcio); without it both drivers use the GCS
-    with_client = importlib.util.find_spec("grpc") is not None
+    """A Ray head offering the pool `cpu` (resource and label), as a cluster's node would; its
+    GCS address. Stopped by the ids of the processes it started (never `ray stop`: other Rays
+    on this machine are not ours)."""
+    port = _free_port()
     log = tmp_path_factory.mktemp("ray-head") / "head.log"
     command = [
         str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
@@ -66,7 +63,7 @@ def cluster(tmp_path_factory):
         f"--resources={json.dumps({pool_resource('cpu'): 1})}",
         f"--labels={pool_label('cpu')}=true", "--include-dashboard=false",
         f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats",
-    ] + ([f"--ray-client-server-port={client}"] if with_client else [])  # fmt: skip
+    ]  # fmt: skip
     with log.open("w") as out:
         head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + BOUND_S
@@ -75,10 +72,7 @@ def cluster(tmp_path_factory):
             assert head.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the Ray head never started"
             time.sleep(0.1)
-        yield (
-            f"127.0.0.1:{port}",
-            (f"ray://127.0.0.1:{client}" if with_client else f"127.0.0.1:{port}"),
-        )
+        yield f"127.0.0.1:{port}"
     finally:
         processes = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
         for process in processes:
@@ -101,7 +95,9 @@ def driver(mode: str, tmp: Path, address: str) -> subprocess.Popen:
 def test_a_run_killed_mid_tool_is_finished_by_a_second_driver_without_repeating_steps(
     cluster, tmp_path
 ):
-    address, client_address = cluster
+    # both drivers attach to the cluster's GCS address: a second driver through Ray Client
+    # (`ray://`) failed its handshake under load in CI ("Initialization failure from server")
+    address = cluster
     gate = tmp_path / "gate"
     (tmp_path / "agent.yaml").write_text(AGENT.replace("GATE", str(gate)))
     store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
@@ -123,7 +119,7 @@ def test_a_run_killed_mid_tool_is_finished_by_a_second_driver_without_repeating_
     assert run.status == "running"
 
     gate.touch()
-    second = driver("resume", tmp_path, client_address)  # another driver, through Ray Client
+    second = driver("resume", tmp_path, address)  # another driver process
     out, err = second.communicate(timeout=BOUND_S)
     assert second.returncode == 0, err
 
