@@ -336,10 +336,10 @@ class SimEngine:
         return max(0, missing - (self.free + self.lru_blocks - cached))
 
     def _promote(self, lease: Lease, now: float) -> bool:
-        cached = self.lru.get(lease.conv, 0)
-        missing = lease.blocks - min(cached, lease.blocks)
         if self.promotion_shortfall(lease):
             return False
+        cached = self.lru.get(lease.conv, 0)
+        missing = lease.blocks - min(cached, lease.blocks)
         self._note_pinned(now)
         if cached:
             revive = min(cached, lease.blocks)

@@ -213,16 +213,7 @@ class LLMEngine:
 
     def memory_view(self) -> MemoryView:
         """The KV pool as the retention policy sees it."""
-        stats = self.kv.stats()
-        return MemoryView(
-            total_blocks=stats.num_blocks,
-            free_blocks=stats.free_blocks,
-            leased_blocks=stats.leased_blocks,
-            demoted_blocks=stats.demoted_blocks,
-            blocked_blocks=self.scheduler.blocked_blocks,
-            running=len(self.scheduler.running),
-            bytes_per_block=stats.bytes_per_block,
-        )
+        return self.kv.memory_view(self.scheduler.blocked_blocks, len(self.scheduler.running))
 
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns what each scheduled request produced."""

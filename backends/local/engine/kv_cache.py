@@ -189,7 +189,7 @@ class KVCacheManager:
         lease = self._lease_of(request, self.now)
         decide = getattr(self.retention, "on_preempt", None)
         if lease is not None and decide is not None:
-            memory = self._memory(blocked=0, running=running)
+            memory = self.memory_view(blocked=0, running=running)
             if decide(self._view(lease, self.now), memory) is Decision.DEMOTE:
                 self._keep(lease, Decision.DEMOTE)
         self._free_sequence(request.request_id)
@@ -257,7 +257,7 @@ class KVCacheManager:
         computed `preempt_tokens` tokens: before it does, every device lease is asked again
         under that pressure, oldest first, until enough is freed. True if any block came free
         (the scheduler retries; a policy that holds everything leaves preemption to go on)."""
-        memory = self._memory(blocks, running, preempt_tokens)
+        memory = self.memory_view(blocks, running, preempt_tokens)
         before = self.pool.num_free
         for lease in sorted(self.leases.values(), key=lambda x: x.started):
             if self.pool.num_free - before >= blocks:
@@ -266,7 +266,8 @@ class KVCacheManager:
                 self._apply(lease, self.retention.on_step(self._view(lease, self.now), memory))
         return self.pool.num_free > before
 
-    def _memory(self, blocked: int, running: int, preempt_tokens: int = 0) -> MemoryView:
+    def memory_view(self, blocked: int, running: int, preempt_tokens: int = 0) -> MemoryView:
+        """The pool as a retention policy sees it, with what the scheduler knows."""
         stats = self.stats()
         return MemoryView(
             total_blocks=stats.num_blocks,
@@ -313,11 +314,10 @@ class KVCacheManager:
     def _promote(self, lease: Lease) -> bool:
         """Bring a demoted lease back to the device: blocks still in the prefix cache are taken
         as they are, the others are allocated and copied from host memory."""
+        if self._shortfall(lease):
+            return False
         found: list[int | None] = [self.pool.lookup(h) for h in lease.hashes]
         missing = [i for i, b in enumerate(found) if b is None]
-        revived = sum(1 for b in found if b is not None and self.pool.ref_counts[b] == 0)
-        if len(missing) > self.pool.num_free - revived:
-            return False
         present = [b for b in found if b is not None]
         self.pool.touch(present)
         if missing:
@@ -336,11 +336,15 @@ class KVCacheManager:
         with the request's first chunk after it (0: both fit); blocks still in the prefix
         cache come back as they are."""
         lease = self.leases[request.hints.program_id]  # type: ignore[index]
-        found = [self.pool.lookup(h) for h in lease.hashes]
-        missing = sum(1 for b in found if b is None)
-        revived = sum(1 for b in found if b is not None and self.pool.ref_counts[b] == 0)
         chunk = min(len(request.all_token_ids) - len(lease.token_ids), budget)
-        missing += math.ceil(max(1, chunk) / self.block_size)
+        return self._shortfall(lease, math.ceil(max(1, chunk) / self.block_size))
+
+    def _shortfall(self, lease: Lease, extra_blocks: int = 0) -> int:
+        """Blocks the pool lacks for a demoted lease's blocks that left the prefix cache, plus
+        `extra_blocks`; blocks still cached but unreferenced are taken from the free count."""
+        found = [self.pool.lookup(h) for h in lease.hashes]
+        missing = sum(1 for b in found if b is None) + extra_blocks
+        revived = sum(1 for b in found if b is not None and self.pool.ref_counts[b] == 0)
         return max(0, missing - (self.pool.num_free - revived))
 
     def _end_lease(self, program_id: str) -> None:
