@@ -78,6 +78,12 @@ def test_a_local_ray_offers_each_pool_as_a_resource_and_a_node_label(local_ray):
     assert local_ray.owns_ray
 
 
+def on_pool(graph, pool: str):
+    """The graph's plan with every operator placed by hand on one host-cpu pool `pool`."""
+    ops = [op.attr("id") for op in placed_ops(lower(graph, "ops"))]
+    return compile_plan(graph, Placement((Pool(pool, "host-cpu", 1),), dict.fromkeys(ops, pool)))
+
+
 @needs_smollm2
 async def test_the_quickstart_retrieves_loops_and_answers_on_ray(ray_backend, store, compile_agent):
     graph = hetagent.load(QUICKSTART)
@@ -123,8 +129,7 @@ async def test_the_rag_example_answers_from_its_manual_on_ray(ray_backend, store
     path = tmp_path / "rag-qa.yaml"
     path.write_text(text)
     graph = hetagent.load(path)  # placed by hand: its SLO was set for the Llama on GPUs
-    ops = [op.attr("id") for op in placed_ops(lower(graph, "ops"))]
-    plan = compile_plan(graph, Placement((Pool("cpu", "host-cpu", 1),), dict.fromkeys(ops, "cpu")))
+    plan = on_pool(graph, "cpu")
     rt = Runtime(ray_backend({"scheduling": "program-fcfs"}), store, Telemetry.in_memory())
 
     result = await rt.run(
@@ -145,8 +150,7 @@ async def test_an_engine_that_cannot_load_its_model_fails_the_step_with_its_reas
     path = tmp_path / "unknown.yaml"
     path.write_text(ANSWER.replace("{format: gguf}", "{format: gguf, path: no-such.gguf}"))
     graph = hetagent.load(path)
-    ops = [op.attr("id") for op in placed_ops(lower(graph, "ops"))]
-    plan = compile_plan(graph, Placement((Pool("a", "host-cpu", 1),), dict.fromkeys(ops, "a")))
+    plan = on_pool(graph, "a")
     rt = Runtime(ray_backend(), store, Telemetry.in_memory())
 
     failed = await rt.run(plan, {})
@@ -218,8 +222,7 @@ async def test_a_cancelled_run_aborts_its_llm_call_on_the_engine_actor(
         )
     )
     graph = hetagent.load(path)
-    ops = [op.attr("id") for op in placed_ops(lower(graph, "ops"))]
-    plan = compile_plan(graph, Placement((Pool("a", "host-cpu", 1),), dict.fromkeys(ops, "a")))
+    plan = on_pool(graph, "a")
     rt = Runtime(ray_backend(), store, Telemetry.in_memory())
 
     run_id = await rt.submit(plan, {})
@@ -290,10 +293,7 @@ async def test_a_pool_the_cluster_does_not_offer_is_a_step_error_naming_the_reso
     path = tmp_path / "tools.yaml"
     path.write_text(TOOLS.replace("FILE", "note.txt"))
     graph = hetagent.load(path)
-    ops = [op.attr("id") for op in placed_ops(lower(graph, "ops"))]
-    elsewhere = compile_plan(
-        graph, Placement((Pool("gpu", "host-cpu", 1),), dict.fromkeys(ops, "gpu"))
-    )
+    elsewhere = on_pool(graph, "gpu")
     rt = Runtime(ray_backend(), store, Telemetry.in_memory())
 
     result = await rt.run(elsewhere, {})
