@@ -151,12 +151,36 @@ def calibrate_host() -> tuple[dict, list[dict[str, Any]]]:
     return fitted, shown
 
 
+class StepClock:
+    """The engine's clock in the workload: virtual seconds that run on the engine thread's CPU
+    time while a step runs (a turn that finishes in a step finishes at the step's end, as on a
+    wall clock) and jump over tool calls and idle time, which are not run. A turn that arrived
+    during a step is stamped with its arrival time (`at`), as the async engine stamps it."""
+
+    def __init__(self) -> None:
+        self.base = 0.0
+        self.since: float | None = None  # thread time when the running step began
+        self.at: float | None = None
+
+    def __call__(self) -> float:
+        if self.at is not None:
+            return self.at
+        return self.base if self.since is None else self.base + time.thread_time() - self.since
+
+    def step(self, engine) -> list:
+        self.since = time.thread_time()
+        try:
+            return engine.step()
+        finally:
+            self.base, self.since = self(), None
+
+
 def run_real(trace: Trace, kv: str, options: dict, sched: str, seed: int = 0) -> dict[str, float]:
     from hetagent.backends.local.engine.batch import SamplingParams
     from hetagent.backends.local.engine.request import Hints
 
-    clock = [0.0]
-    engine = real_engine(kv, options, sched, clock=lambda: clock[0])
+    clock = StepClock()
+    engine = real_engine(kv, options, sched, clock=clock)
     rng = random.Random(seed)
     vocab = engine.config.vocab_size
     contexts: dict[str, list[int]] = {}
@@ -187,13 +211,12 @@ def run_real(trace: Trace, kv: str, options: dict, sched: str, seed: int = 0) ->
         outputs[rid] = []
 
     while events or engine.has_unfinished():
-        while events and events[0][0] <= clock[0]:
-            _, _, p, i = heapq.heappop(events)
+        while events and events[0][0] <= clock():
+            clock.at, _, p, i = heapq.heappop(events)
             submit(p, i)
+            clock.at = None
         if engine.has_unfinished():
-            started = time.thread_time()
-            results = engine.step()
-            clock[0] += time.thread_time() - started  # as `_timed_step`
+            results = clock.step(engine)
             for out in results:
                 outputs[out.request_id].extend(out.new_token_ids)
                 if not out.finished:
@@ -201,18 +224,18 @@ def run_real(trace: Trace, kv: str, options: dict, sched: str, seed: int = 0) ->
                 p, i = by_request[out.request_id]
                 contexts[p.id].extend(outputs[out.request_id])
                 if i == len(p.turns) - 1:
-                    done[p.id] = clock[0] - p.arrival
+                    done[p.id] = clock() - p.arrival
                 else:
                     heapq.heappush(
-                        events, (clock[0] + p.turns[i].tool_seconds, next(seq), p, i + 1)
+                        events, (clock() + p.turns[i].tool_seconds, next(seq), p, i + 1)
                     )
         else:
             nxt = events[0][0]
             if engine.kv.leases:  # the async loop re-decides leases every idle tick
-                clock[0] = min(nxt, clock[0] + IDLE_TICK)
-                engine.step()
+                clock.base = min(nxt, clock.base + IDLE_TICK)
+                clock.step(engine)
             else:
-                clock[0] = nxt
+                clock.base = nxt
     return {"jct_mean_s": statistics.fmean(done.values()), "programs": len(done)}
 
 
