@@ -29,6 +29,7 @@ from hetagent.planner.workload import (
     mean_context,
     memory_needed,
     prefill_work,
+    step_work,
 )
 
 USABLE_MEMORY = 0.9  # of device memory, for weights and KV (vLLM's default utilization)
@@ -155,6 +156,28 @@ class CostModel:
         return self.time(
             work, device, "decode", dtype=dtype, devices=devices, network_bytes=network
         )
+
+    def step(
+        self,
+        model: Model,
+        device: Device,
+        prefill_tokens: int,
+        *,
+        prefix: int = 0,
+        batch: int = 0,
+        context: int = 0,
+        devices: int = 1,
+        dtype: str = "bf16",
+    ) -> Timing:
+        """An engine step mixing prefill chunks with `batch` decodes (`workload.step_work`), at
+        the prefill phase's efficiency if it has a chunk (the chunk dominates it), else the
+        decode phase's: what the simulator's engines charge per step."""
+        work = step_work(
+            model, prefill_tokens, prefix=prefix, batch=batch, context=context, dtype=dtype
+        )
+        network = _all_reduce_bytes(model, prefill_tokens + batch, devices)
+        phase = "prefill" if prefill_tokens else "decode"
+        return self.time(work, device, phase, dtype=dtype, devices=devices, network_bytes=network)
 
     def min_devices(
         self,

@@ -86,6 +86,33 @@ def decode_step_work(model: Model, context: int, *, batch: int = 1, dtype: str =
     return Work(flops, moved)
 
 
+def step_work(
+    model: Model,
+    prefill_tokens: int,
+    *,
+    prefix: int = 0,
+    batch: int = 0,
+    context: int = 0,
+    dtype: str = "bf16",
+) -> Work:
+    """One step of continuous batching: prefill chunks (`prefill_tokens` new tokens after
+    `prefix` cached ones) and `batch` decodes at `context` in one forward pass, which reads
+    the weights once for all its tokens (decodes ride along a prefill chunk, as in vLLM and
+    Sarathi)."""
+    prefill = prefill_work(model, prefill_tokens, prefix=prefix, dtype=dtype)
+    decode = decode_step_work(model, context, batch=batch, dtype=dtype)
+    if not batch:
+        return prefill
+    if not prefill_tokens:
+        return decode
+    weights = (
+        weights_read_per_step(model, prefill_tokens + batch, dtype)
+        - weights_read_per_step(model, prefill_tokens, dtype)
+        - weights_read_per_step(model, batch, dtype)
+    )
+    return Work(prefill.flops + decode.flops, prefill.bytes + decode.bytes + weights)
+
+
 def mean_context(prompt: int, output: int) -> int:
     """The context of the decode step at the middle of a generation: a step's work grows
     linearly with its context, so `output` steps cost `output` steps at this one (while one

@@ -22,8 +22,8 @@ of its leading blocks are still resident"); eviction takes the least recently fr
 conversation's blocks from its tail (vLLM frees a sequence's blocks tail first, so its tail is
 evicted first). A shared prompt prefix (a system prompt) stays resident once computed.
 
-Step time comes from the planner's cost model (`CostModel.prefill`, `CostModel.decode_step`):
-a step with prefill chunks costs the chunks' prefill plus the decodes' step. Runs of pure
+Step time comes from the planner's cost model (`CostModel.step`): a step's prefill chunks and
+decodes are one forward pass that reads the weights once. Runs of pure
 decode steps with nothing to admit are simulated as one span (the batch is fixed until the
 first request finishes); an arrival mid-span cuts the span at the next step boundary, so this
 is exact up to the context growth within a span (the step time is taken at its middle).
@@ -240,15 +240,16 @@ class SimEngine:
         key = (prefill_tokens, prefill_prefix // self.bs, batch, ctx // self.bs)
         t = self._time_memo.get(key)
         if t is None:
-            t = 0.0
-            cm, m, d, k, dt = self.cm, self.model, self.device, self.devices, self.config.dtype
-            if prefill_tokens:
-                prefill = cm.prefill(
-                    m, d, prefill_tokens, prefix=prefill_prefix, devices=k, dtype=dt
-                )
-                t += prefill.seconds
-            if batch:
-                t += cm.decode_step(m, d, max(1, ctx), batch=batch, devices=k, dtype=dt).seconds
+            t = self.cm.step(
+                self.model,
+                self.device,
+                prefill_tokens,
+                prefix=prefill_prefix,
+                batch=batch,
+                context=max(1, ctx) if batch else 0,
+                devices=self.devices,
+                dtype=self.config.dtype,
+            ).seconds
             if len(self._time_memo) > 200_000:
                 self._time_memo.clear()
             self._time_memo[key] = t

@@ -68,6 +68,19 @@ def test_a_large_batch_long_prefill_is_compute_bound(model) -> None:
     assert prefill.seconds == pytest.approx(flops / (0.6 * 989e12) + 0.002)
 
 
+def test_decodes_ride_along_a_prefill_chunk_in_one_pass_that_reads_the_weights_once(model) -> None:
+    chunk = model.prefill(LLAMA_8B, H100, 512, prefix=1024)
+    decodes = model.decode_step(LLAMA_8B, H100, context=2048, batch=8)
+    mixed = model.step(LLAMA_8B, H100, 512, prefix=1024, batch=8, context=2048)
+    assert model.step(LLAMA_8B, H100, 512, prefix=1024).seconds == chunk.seconds
+    assert model.step(LLAMA_8B, H100, 0, batch=8, context=2048).seconds == decodes.seconds
+    # one overhead and one read of the weights, not the two of separate passes
+    assert chunk.seconds < mixed.seconds < chunk.seconds + decodes.seconds - 0.002
+    # the 8 decode tokens add their own FLOPs and their contexts' KV reads to the chunk's
+    weights = 8.03e9 * 2
+    assert mixed.seconds - chunk.seconds < decodes.seconds - weights / (0.85 * 3350e9)
+
+
 def test_fp8_halves_the_compute_time_of_a_compute_bound_prefill_on_h100(model) -> None:
     bf16 = model.prefill(LLAMA_8B, H100, 4096, batch=8, dtype="bf16")
     fp8 = model.prefill(LLAMA_8B, H100, 4096, batch=8, dtype="fp8")
