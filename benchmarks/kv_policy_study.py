@@ -14,7 +14,8 @@ Ratios are against `continuum` measured in the same run; a policy the registry d
 yet (`hetagent.policies`) is reported as missing rather than run.
 
 Also measured: sustainable programs/s at the same SLA (the highest rate at which 90% of swe
-programs finish within 3x their unloaded time, by bisection), pinned-idle memory x time, the
+programs finish within 3x their unloaded time, by bisection), pinned-idle memory x time (all
+of it, the target's measure, and the part while a request waited for memory), the
 degradation when tool-duration tails double, and the gap to `evict` at low load.
 
     python benchmarks/kv_policy_study.py [--seeds 5] [--quick]
@@ -123,8 +124,8 @@ def run(c: dict[str, Any], kind: str, programs: int, seed: int, *, rate: float |
     return Simulation(trace, config(c)).run().summary(slowdown=SLA_SLOWDOWN)
 
 
-KEYS = ("jct_mean_s", "jct_p99_s", "sla_attainment", "pinned_idle_gb_s", "kv_hit_rate",
-        "reprefill_tokens", "preemptions", "throughput_programs_per_s")  # fmt: skip
+KEYS = ("jct_mean_s", "jct_p99_s", "sla_attainment", "pinned_idle_gb_s", "pinned_contended_gb_s",
+        "kv_hit_rate", "reprefill_tokens", "preemptions", "throughput_programs_per_s")  # fmt: skip
 
 
 def cell(c: dict[str, Any], kind: str, concurrency: int, seeds: int, per_slot: int,
@@ -202,6 +203,9 @@ def main() -> None:
                     "mean_jct_ratio": ratio(r["jct_mean_s"], base["jct_mean_s"]),
                     "p99_jct_ratio": ratio(r["jct_p99_s"], base["jct_p99_s"]),
                     "pinned_idle_ratio": ratio(r["pinned_idle_gb_s"], base["pinned_idle_gb_s"]),
+                    "pinned_contended_ratio": ratio(
+                        r["pinned_contended_gb_s"], base["pinned_contended_gb_s"]
+                    ),
                 }
                 for label, r in cells.items()
             }
@@ -239,6 +243,9 @@ def main() -> None:
         mean_r = geomean([ratios[k][lo]["lease"]["mean_jct_ratio"] for k, lo in pressured])
         p99_r = geomean([ratios[k][lo]["lease"]["p99_jct_ratio"] for k, lo in pressured])
         pinned_r = geomean([ratios[k][lo]["lease"]["pinned_idle_ratio"] for k, lo in pressured])
+        contended_r = geomean(
+            [ratios[k][lo]["lease"]["pinned_contended_ratio"] for k, lo in pressured]
+        )
         low_vs_evict = max(
             grid[k]["low"]["lease"]["jct_mean_s"] / grid[k]["low"]["evict"]["jct_mean_s"] - 1
             for k in grid
@@ -270,6 +277,8 @@ def main() -> None:
             "mean_jct_ratio": mean_r,
             "p99_jct_ratio": p99_r,
             "pinned_idle_ratio": pinned_r,
+            # no target: the part of the pinned memory x time while a request waited for memory
+            "pinned_contended_ratio": contended_r,
             "sustainable_rate": rates,
             "sustainable_rate_ratio": ratio(rates["lease"], rates["continuum"]),
             "tail_doubling": tails,

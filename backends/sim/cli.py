@@ -143,7 +143,8 @@ def simulate(
 MEANED = (
     "jct_mean_s", "jct_p50_s", "jct_p95_s", "jct_p99_s", "makespan_s",
     "throughput_programs_per_s", "sla_attainment", "kv_hit_rate", "pinned_idle_gb_s",
-    "tco_usd", "tco_usd_per_program", "reprefill_tokens", "preemptions", "failed",
+    "pinned_contended_gb_s", "tco_usd", "tco_usd_per_program", "reprefill_tokens", "preemptions",
+    "failed",
 )  # fmt: skip
 
 
@@ -178,6 +179,7 @@ def _table(result: dict[str, Any]) -> None:
         ("SLA attainment", f"{100 * result['sla_attainment']:.1f}% ({result['sla']})"),
         ("KV hit rate", f"{100 * result['kv_hit_rate']:.1f}%"),
         ("pinned-idle memory x time", f"{result['pinned_idle_gb_s']:.1f} GB*s"),
+        ("  of which others waited", f"{result['pinned_contended_gb_s']:.1f} GB*s"),
         ("TCO", f"${result['tco_usd']:.2f} (${result['tco_usd_per_program']:.4f}/program)"),
     ]
     rows += [(f"utilization {p}", f"{100 * u:.1f}%") for p, u in result["utilization"].items()]

@@ -222,6 +222,7 @@ class SimEngine:
         self.reprefill_tokens = 0  # prompt tokens computed again that this conv had computed
         self.preemptions = 0
         self.pinned_idle_block_seconds = 0.0
+        self.pinned_contended_block_seconds = 0.0  # of which while a request waited on memory
         self.pinned_since = 0.0
         self.swapped_blocks = 0
         self.seen_tokens: dict[str, int] = {}  # conv -> tokens whose KV it ever had computed
@@ -309,9 +310,13 @@ class SimEngine:
             self._release_to_cache(conv, lease.blocks)
 
     def _note_pinned(self, now: float) -> None:
-        """Integrate leased-resident blocks over time (pinned-idle memory x time)."""
+        """Integrate leased-resident blocks over time (pinned-idle memory x time), and apart
+        the part while a request was blocked on memory (what the pins cost others)."""
         if now > self.pinned_since:
-            self.pinned_idle_block_seconds += self.leased_blocks * (now - self.pinned_since)
+            pinned = self.leased_blocks * (now - self.pinned_since)
+            self.pinned_idle_block_seconds += pinned
+            if self.blocked_blocks:
+                self.pinned_contended_block_seconds += pinned
             self.pinned_since = now
 
     def _apply(self, lease: Lease, decision: Decision, now: float) -> None:
@@ -476,6 +481,8 @@ class SimEngine:
     def schedule(self, now: float) -> list[tuple[Req, int]]:
         """One step's work, as `engine/scheduler.py`: (request, new tokens) pairs."""
         budget = self.config.max_num_batched_tokens
+        if self.leased_blocks:
+            self._note_pinned(now)  # up to here under the last step's blocked state
         self.blocked_blocks = 0
         plan: list[tuple[Req, int]] = []
         preempted = False

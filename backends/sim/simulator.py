@@ -422,6 +422,7 @@ class Simulation:
         prompt = sum(e.prompt_tokens for e in all_engines)
         hits = sum(e.hit_tokens for e in all_engines)
         pinned = sum(e.pinned_idle_block_seconds * e.bytes_per_block for e in all_engines)
+        contended = sum(e.pinned_contended_block_seconds * e.bytes_per_block for e in all_engines)
         return Metrics(
             programs=len(self.top),
             completed=len(finished),
@@ -437,6 +438,7 @@ class Simulation:
             prefill_tokens=sum(r.prefilled_tokens for r in self.requests),
             preemptions=sum(e.preemptions for e in all_engines),
             pinned_idle_gb_s=pinned / 1e9,
+            pinned_contended_gb_s=contended / 1e9,
             cost_usd=cost,
             events=self.processed
             - sum(e.spans for e in all_engines)
@@ -465,7 +467,8 @@ class Metrics:
     reprefill_tokens: int
     prefill_tokens: int
     preemptions: int
-    pinned_idle_gb_s: float
+    pinned_idle_gb_s: float  # device memory held by KV leases x time
+    pinned_contended_gb_s: float  # of which while a request waited for memory
     cost_usd: float
     events: int  # simulated: arrivals, turns, tool returns, idle ticks and every engine step
     heap_events: int  # of which went through the event heap (a span of decode steps is one)
@@ -518,6 +521,7 @@ class Metrics:
             "prefill_tokens": self.prefill_tokens,
             "preemptions": self.preemptions,
             "pinned_idle_gb_s": self.pinned_idle_gb_s,
+            "pinned_contended_gb_s": self.pinned_contended_gb_s,
             "tco_usd": self.cost_usd,
             "tco_usd_per_program": self.cost_usd / self.completed if self.completed else math.nan,
             "events": self.events,

@@ -106,6 +106,18 @@ def test_long_tool_call_releases_the_lease_at_its_ttl(config, program, trace):
     assert held.pinned_idle_gb_s * 1e9 <= lease_bytes * 2.2  # held ~2 s, not the 10 s call
 
 
+def test_pinned_memory_counts_as_contended_only_while_a_request_waits_for_it(
+    config, program, trace
+):
+    options = {"model": "llama-3.1-70b", "devices": 2, "seconds": 2.0}
+    _, pressured = _run(_pressure_trace(program, trace, tool_seconds=10.0), config(**options,
+                        kv="fixed-ttl"))  # fmt: skip
+    assert 0 < pressured.pinned_contended_gb_s <= pressured.pinned_idle_gb_s  # b waited on a
+    alone = trace(program("a", 0.0, (int(0.4 * CAP_70B_2XH100), 8, 10.0), (64, 8, None)))
+    _, unpressured = _run(alone, config(**options, kv="fixed-ttl"))
+    assert unpressured.pinned_idle_gb_s > 0 == unpressured.pinned_contended_gb_s
+
+
 def test_oracle_holds_only_what_returns_before_a_reprefill_would(config, program, trace):
     short = _pressure_trace(program, trace, tool_seconds=0.2)
     long = _pressure_trace(program, trace, tool_seconds=30.0)
