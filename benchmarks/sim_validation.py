@@ -5,8 +5,8 @@ The workload: programs of several turns (random token prompts that grow turn by 
 the model's own output), short and long tool calls, arrivals close together, on a KV pool
 small enough that holding a lease displaces others. It runs
 - on the real engine (`LLMEngine`, dummy weights of SmolLM2-135M's shape, this CPU), driven
-  on a virtual clock: each engine step advances it by the step's measured wall time, a tool
-  call advances it by its duration without sleeping (the idle engine is stepped every
+  on a virtual clock (`StepClock`): it runs on the engine thread's CPU time during a step, a
+  tool call advances it by its duration without sleeping (the idle engine is stepped every
   `idle_tick`, as its async loop does while leases live);
 - in the simulator configured alike: the same model, block size, KV pool size, token budget and
   sequence limit, on device `host-cpu` whose cost-model efficiencies are fitted (the planner's
@@ -61,19 +61,25 @@ DECODE_SHAPES = ((1, 64), (4, 64), (8, 64), (1, 256), (4, 256), (8, 160))  # (ba
 CALIBRATION_REPEATS = 5
 
 
+TOOLS = (("quick", 0.1), ("slow", 1.0), ("long", 3.0))  # (name, mean seconds)
+TRACE_SEEDS = (0, 1, 2)
+
+
 def workload(seed: int = 0, programs: int = 8, turns: int = 5) -> Trace:
     """Programs of `turns` turns: a 250-350 token first prompt, 20-40 more tokens a turn, 6-10
-    output tokens, a quick (0.1 s) or slow (1.5 s) tool between turns (x U(0.5, 1.5)).
-    Chosen, in the simulator alone, so that the policies' mean JCTs lie at least 15% apart:
-    then their ranking on the real engine tests the simulator, rather than the noise."""
+    output tokens, one of TOOLS between turns (its mean x U(0.5, 1.5)). The three tools part
+    the policies: fixed-ttl pins every call 2 s, continuum-preview only tools whose mean is at
+    most 2 s, continuum as their learned duration distributions say. Chosen in the simulator
+    alone, before any real run: over TRACE_SEEDS, its neighbouring policies' mean JCTs lie at
+    least 10% apart, so that their ranking on the real engine tests the simulator, not noise."""
     rng = random.Random(seed)
     out = []
     for i in range(programs):
         steps = []
         for t in range(turns):
             last = t == turns - 1
-            tool = None if last else rng.choice(["quick", "slow"])
-            seconds = 0.0 if last else (0.1 if tool == "quick" else 1.5) * rng.uniform(0.5, 1.5)
+            tool, mean = (None, 0.0) if last else rng.choice(TOOLS)
+            seconds = mean * rng.uniform(0.5, 1.5)
             prompt = rng.randint(250, 350) if t == 0 else rng.randint(20, 40)
             steps.append(Turn(prompt, rng.randint(6, 10), tool, seconds))
         out.append(Program(f"p{i}", i * 0.05, tuple(steps)))
@@ -226,9 +232,7 @@ def run_real(trace: Trace, kv: str, options: dict, sched: str, seed: int = 0) ->
                 if i == len(p.turns) - 1:
                     done[p.id] = clock() - p.arrival
                 else:
-                    heapq.heappush(
-                        events, (clock() + p.turns[i].tool_seconds, next(seq), p, i + 1)
-                    )
+                    heapq.heappush(events, (clock() + p.turns[i].tool_seconds, next(seq), p, i + 1))
         else:
             nxt = events[0][0]
             if engine.kv.leases:  # the async loop re-decides leases every idle tick
@@ -304,14 +308,18 @@ def main() -> None:
     for (device, phase), eta in sorted(fitted.items()):
         print(f"{device} {phase}: eta_compute {eta.eta_compute:.3f} eta_memory "
               f"{eta.eta_memory:.3f} overhead {1000 * eta.overhead_s:.2f} ms")  # fmt: skip
-    trace = workload()
+    traces = [workload(seed) for seed in TRACE_SEEDS]
+
+    def mean_jct(run, *args) -> float:  # over the traces' programs
+        return statistics.fmean(run(trace, *args)["jct_mean_s"] for trace in traces)
+
     real: dict[str, list[float]] = {label: [] for label, *_ in POLICIES}
     for _ in range(args.repeats):  # rounds of every policy: load drift falls on all alike
         for label, kv, options, sched in POLICIES:
-            real[label].append(run_real(trace, kv, options, sched)["jct_mean_s"])
+            real[label].append(mean_jct(run_real, kv, options, sched))
     rows: dict[str, Any] = {}
     for label, kv, options, sched in POLICIES:
-        sim = run_sim(trace, kv, options, sched, cost_model)["jct_mean_s"]
+        sim = mean_jct(run_sim, kv, options, sched, cost_model)
         rows[label] = {"real_jct_mean_s": statistics.median(real[label]),
                        "real_runs": real[label], "sim_jct_mean_s": sim}  # fmt: skip
         rows[label]["jct_error"] = sim / rows[label]["real_jct_mean_s"] - 1
@@ -321,8 +329,8 @@ def main() -> None:
     tau = kendall_tau([rows[x]["real_jct_mean_s"] for x in labels],
                       [rows[x]["sim_jct_mean_s"] for x in labels])  # fmt: skip
     result = {
-        "workload": f"{len(trace.programs)} programs x 5 turns, {MODEL} (dummy weights) on this "
-        f"CPU, {NUM_BLOCKS} KV blocks of {BLOCK}",
+        "workload": f"{len(TRACE_SEEDS)} traces of 8 programs x 5 turns, tools {dict(TOOLS)}, "
+        f"{MODEL} (dummy weights) on this CPU, {NUM_BLOCKS} KV blocks of {BLOCK}",
         "calibration": {
             "steps": calibration,
             "efficiencies": {f"{d}/{p}": asdict(e) for (d, p), e in sorted(fitted.items())},
