@@ -51,9 +51,9 @@ TARGET_TAU = 0.9
 POLICIES = [  # (label, kv policy, its options, scheduling): kv_policy_study's pairings
     ("evict", "evict", {}, "fcfs"),
     ("fixed-ttl", "fixed-ttl", {"seconds": 2.0}, "program-fcfs"),
-    ("continuum", "continuum", {}, "program-fcfs"),
-    ("continuum-preview", "continuum-preview", {}, "program-fcfs"),
-    ("lease", "lease", {}, "plas"),
+    ("continuum", "continuum", {}, "continuum"),
+    ("continuum-preview", "continuum-preview", {}, "continuum"),
+    ("lease", "lease", {}, "continuum"),
 ]
 CALIBRATION_BLOCKS = 256  # room for the largest decode batch measured
 PREFILL_LENGTHS = (32, 64, 128, 256)

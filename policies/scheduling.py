@@ -57,6 +57,17 @@ class ProgramFCFS:
         return (not item.preempted, start, item.arrival, item.seq)
 
 
+class ContinuumScheduling:
+    """Continuum's queue order: preempted requests first, then turns of programs whose KV is
+    pinned (so a pin is used before it expires), then program-level FCFS."""
+
+    name: ClassVar[str] = "continuum"
+
+    def sort_key(self, item: QueueItem) -> tuple:
+        start = item.program_arrival if item.program_arrival is not None else item.arrival
+        return (not item.preempted, not item.holds_kv, start, item.arrival, item.seq)
+
+
 class PLAS:
     """Program-level least attained service (Autellix): the turn of the program that has had the
     least service so far (tokens computed for its earlier turns) goes first, so short programs
@@ -76,4 +87,6 @@ class PLAS:
         return (not item.preempted, item.attained_tokens + self.aging * item.arrival, item.seq)
 
 
-POLICIES: dict[str, type[SchedulingPolicy]] = {p.name: p for p in (FCFS, ProgramFCFS, PLAS)}
+POLICIES: dict[str, type[SchedulingPolicy]] = {
+    p.name: p for p in (FCFS, ProgramFCFS, ContinuumScheduling, PLAS)
+}

@@ -47,10 +47,19 @@ def test_program_fcfs_puts_a_programs_next_turn_ahead_of_newer_programs():
     assert [i.request_id for i in ordered] == ["b1", "a2"]
 
 
-def test_preempted_requests_go_first_under_both_orders():
-    fresh = QueueItem("new", arrival=1.0, seq=1)
+def test_continuum_serves_turns_of_programs_holding_their_kv_before_older_programs():
+    old = QueueItem("a2", arrival=10.0, seq=5, program_id="a", program_arrival=0.0)
+    pinned = QueueItem("b2", arrival=11.0, seq=6, program_id="b", program_arrival=5.0,
+                       holds_kv=True)  # fmt: skip
+    new = QueueItem("c1", arrival=9.0, seq=4, program_id="c", program_arrival=9.0)
+    key = policies.get("scheduling", "continuum").sort_key
+    assert [i.request_id for i in sorted([new, old, pinned], key=key)] == ["b2", "a2", "c1"]
+
+
+def test_preempted_requests_go_first_under_every_order():
+    fresh = QueueItem("new", arrival=1.0, seq=1, holds_kv=True)
     preempted = QueueItem("old", arrival=2.0, seq=2, preempted=True)
-    for name in ("fcfs", "program-fcfs"):
+    for name in ("fcfs", "program-fcfs", "continuum", "plas"):
         key = policies.get("scheduling", name).sort_key
         assert sorted([fresh, preempted], key=key)[0].request_id == "old"
 
