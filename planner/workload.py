@@ -100,9 +100,9 @@ def step_work(
     the weights once for all its tokens (decodes ride along a prefill chunk, as in vLLM and
     Sarathi)."""
     prefill = prefill_work(model, prefill_tokens, prefix=prefix, dtype=dtype)
-    decode = decode_step_work(model, context, batch=batch, dtype=dtype)
     if not batch:
         return prefill
+    decode = decode_step_work(model, context, batch=batch, dtype=dtype)
     if not prefill_tokens:
         return decode
     weights = (

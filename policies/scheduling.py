@@ -29,6 +29,11 @@ class QueueItem:
     holds_kv: bool = False  # the program's KV is leased (resident or demoted) for this turn
     attained_tokens: int = 0  # tokens the engine has computed for the program's earlier turns
 
+    @property
+    def program_start(self) -> float:
+        """When the program began (the request's own arrival without a program)."""
+        return self.program_arrival if self.program_arrival is not None else self.arrival
+
 
 class SchedulingPolicy(Protocol):
     name: ClassVar[str]
@@ -53,8 +58,7 @@ class ProgramFCFS:
     name: ClassVar[str] = "program-fcfs"
 
     def sort_key(self, item: QueueItem) -> tuple:
-        start = item.program_arrival if item.program_arrival is not None else item.arrival
-        return (not item.preempted, start, item.arrival, item.seq)
+        return (not item.preempted, item.program_start, item.arrival, item.seq)
 
 
 class ContinuumScheduling:
@@ -64,8 +68,7 @@ class ContinuumScheduling:
     name: ClassVar[str] = "continuum"
 
     def sort_key(self, item: QueueItem) -> tuple:
-        start = item.program_arrival if item.program_arrival is not None else item.arrival
-        return (not item.preempted, not item.holds_kv, start, item.arrival, item.seq)
+        return (not item.preempted, not item.holds_kv, item.program_start, item.arrival, item.seq)
 
 
 class PLAS:

@@ -247,7 +247,7 @@ class SimEngine:
                 prefill_tokens,
                 prefix=prefill_prefix,
                 batch=batch,
-                context=max(1, ctx) if batch else 0,
+                context=max(1, ctx),
                 devices=self.devices,
                 dtype=self.config.dtype,
             ).seconds
